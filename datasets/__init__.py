@@ -1,0 +1,64 @@
+"""Dataset registry: `build_dataset(name, data_root)` for every dataset in configs/datasets/."""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from common import DATASETS_DOC, REPO, UserError, close_names
+from datasets.base import Datum, DatasetConfig, DatasetSplits, ImageDataset, read_split_file, splits_from_file
+
+__all__ = ["Datum", "DatasetSplits", "ImageDataset", "build_dataset", "dataset_config", "known_datasets"]
+
+
+@lru_cache(maxsize=None)
+def _configs() -> dict[str, DatasetConfig]:
+    cfgs = {}
+    for f in sorted((REPO / "configs" / "datasets").glob("*.yaml")):
+        raw = yaml.safe_load(f.read_text())
+        known = {k: raw.pop(k) for k in ("name", "folder", "image_dir", "split_file", "template", "module")}
+        cfgs[known["name"]] = DatasetConfig(**known, extra=raw)
+    return cfgs
+
+
+def known_datasets() -> list[str]:
+    return list(_configs())
+
+
+def dataset_config(name: str) -> DatasetConfig:
+    """The config of a dataset by name (case-insensitive); unknown names list the known ones."""
+    cfgs = _configs()
+    by_lower = {k.lower(): k for k in cfgs}
+    if name.lower() not in by_lower:
+        raise UserError(f"unknown dataset '{name}'{close_names(name, cfgs)} "
+                        f"(known: {', '.join(cfgs)})")
+    return cfgs[by_lower[name.lower()]]
+
+
+def build_dataset(name: str, data_root: str | Path) -> DatasetSplits:
+    """Read a dataset from `data_root/<folder>` in the CoOp layout.
+
+    A missing split file is built from the raw annotations where the dataset's module knows how
+    (as CoOp does); the demo datasets are generated on first use.
+    """
+    cfg = dataset_config(name)
+    module = importlib.import_module(f"datasets.{cfg.module}")
+    data_root = Path(data_root)
+    root = data_root / cfg.folder
+    if hasattr(module, "materialise"):  # demo datasets: made by the code, deterministically
+        module.materialise(root, cfg)
+    if not data_root.is_dir():
+        raise UserError(f"data root {data_root} does not exist; {DATASETS_DOC}")
+    if not root.is_dir():
+        raise UserError(f"{cfg.name}: folder {root} not found; {DATASETS_DOC}")
+    split_path = root / cfg.split_file
+    if not split_path.is_file():
+        build = getattr(module, "build_split", None)
+        if build is None:
+            raise UserError(f"{cfg.name}: split file {split_path} not found; {DATASETS_DOC}")
+        split = build(root, cfg)  # raises a UserError naming what is missing
+    else:
+        split = read_split_file(split_path)
+    return splits_from_file(cfg, root, split)

@@ -1,0 +1,137 @@
+"""One way to get a model for every script: open_clip backbones, local checkpoints and the demo.
+
+`load_model(arch, pretrained, device)` returns the model (fp32, eval mode), its test-time
+preprocessing (taken from open_clip, SPEC §5) and its tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+
+from common import REPO, UserError, atomic_torch_save, cache_dir, close_names, default_data_root
+
+# The paper's spellings -> open_clip configs with QuickGELU, which OpenAI's weights were trained with
+# (the plain configs use GELU and only warn when given OpenAI weights: SPEC §5).
+ALIASES = {
+    "RN50": "RN50-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu",
+    "ViT-B-16": "ViT-B-16-quickgelu",
+}
+DEMO = "demo"
+MODEL_CONFIGS = REPO / "configs" / "models"
+open_clip.add_model_config(MODEL_CONFIGS)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    preprocess: Callable  # PIL image -> normalised tensor, as open_clip does at test time
+    tokenizer: Callable
+    name: str  # the open_clip config name, e.g. "RN50-quickgelu"
+    tag: str  # short name for folders and tables, e.g. "RN50", "ViT-B-16", "demo"
+    pretrained: str  # "openai", "none", a file path, ...
+
+
+def arch_tag(arch: str) -> str:
+    """The short architecture name used in folder names: 'ViT-B/16' -> 'ViT-B-16'."""
+    name = resolve_arch(arch)
+    return name.removesuffix("-quickgelu")
+
+
+def resolve_arch(arch: str) -> str:
+    """The open_clip config name for an architecture; unknown names suggest close ones."""
+    if arch in ALIASES:
+        return ALIASES[arch]
+    known = open_clip.list_models()
+    if arch in known:
+        return arch
+    raise UserError(f"unknown model '{arch}'{close_names(arch, [*ALIASES, *known])}"
+                    f" (open_clip knows {len(known)} models: see open_clip.list_models())")
+
+
+def default_pretrained(arch: str) -> str:
+    return "demo" if resolve_arch(arch) == DEMO else "openai"
+
+
+def check_pretrained(arch: str, pretrained: str) -> list[str]:
+    """Problems with a --pretrained value, found without building anything."""
+    name = resolve_arch(arch)
+    if pretrained in ("none", "demo") and (pretrained == "none" or name == DEMO):
+        return []
+    if Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained:
+        return [] if Path(pretrained).is_file() else [f"checkpoint file {pretrained} not found"]
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        return [f"model '{name}' has no pretrained weights '{pretrained}'"
+                f"{close_names(pretrained, tags)} (known: {', '.join(tags) or 'none'}; or 'none', or a file)"]
+    return []
+
+
+def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
+               data_root: str | None = None) -> LoadedModel:
+    """Build `arch` with `pretrained` weights ('openai', another open_clip tag, 'none' for random
+    weights, a checkpoint file, or for `demo` the cached demo weights) on `device`."""
+    name = resolve_arch(arch)
+    pretrained = pretrained or default_pretrained(arch)
+    problems = check_pretrained(arch, pretrained)
+    if problems:
+        raise UserError(problems[0])
+    is_file = Path(pretrained).is_file()
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=None if pretrained in ("none", "demo") or is_file else pretrained)
+    tokenizer = open_clip.get_tokenizer(name)
+    if is_file:
+        load_checkpoint(model, pretrained)
+    elif name == DEMO and pretrained == "demo":
+        model.load_state_dict(_demo_weights(model, preprocess, tokenizer, data_root or default_data_root()))
+    model = model.float().to(device).eval()
+    return LoadedModel(model, preprocess, tokenizer, name, name.removesuffix("-quickgelu"), pretrained)
+
+
+def load_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Load a state dict, or an unlearned-model delta written by train.py, safely (no pickle code)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if isinstance(ckpt, dict) and "changed" in ckpt:  # delta: only the tensors unlearning touched
+        state = model.state_dict()
+        state.update(ckpt["changed"])
+        ckpt = state
+    elif isinstance(ckpt, dict) and "state_dict" in ckpt:
+        ckpt = ckpt["state_dict"]
+    try:
+        model.load_state_dict(ckpt)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
+
+
+def _demo_key() -> str:
+    """Cache key of the demo weights: changes when the model, data or training recipe changes."""
+    h = hashlib.sha1()
+    for f in [MODEL_CONFIGS / "demo.json", REPO / "configs" / "demo_world.yaml", REPO / "demo_world.py",
+              *sorted((REPO / "configs" / "datasets").glob("*.yaml")), REPO / "datasets" / "digits.py",
+              REPO / "datasets" / "shapes.py"]:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def demo_weights_path() -> Path:
+    return cache_dir() / "demo" / f"demo-{_demo_key()}.pt"
+
+
+def _demo_weights(model, preprocess, tokenizer, data_root: str) -> dict:
+    """The demo CLIP's weights: trained once on CPU (deterministic), then read from the cache."""
+    path = demo_weights_path()
+    if not path.is_file():
+        from demo_world import train_demo_model
+        print(f"training the demo CLIP once (cached at {path}) ...")
+        record = train_demo_model(model, preprocess, tokenizer, data_root)
+        print(f"demo CLIP trained in {record['seconds']} s")
+        atomic_torch_save(path, model.state_dict())
+    return torch.load(path, map_location="cpu", weights_only=True)

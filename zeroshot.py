@@ -1,0 +1,190 @@
+"""Zero-shot classification (SPEC §0) and the "before unlearning" baselines of a model.
+
+Classifier weights are the L2-normalised text embeddings of the dataset's prompt for every class
+(open_clip's build_zero_shot_classifier); logits are 100 * normalise(f_img(x)) @ W.
+
+    python zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
+    python zeroshot.py --backbone_arch RN50 --run_ds StanfordDogs --compare
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import REPO, UserError, atomic_write_json, cache_dir, check_all, default_data_root, \
+    default_device, run_cli, seed_everything
+from datasets import DatasetSplits, ImageDataset, build_dataset, dataset_config
+from models import LoadedModel, demo_weights_path, load_model
+
+EVAL_SCALE = 100.0  # the paper's fixed logit scale for evaluation (not the model's learned one)
+REFERENCE = REPO.parent / "shared" / "reference"
+
+
+@torch.no_grad()
+def classifier_weights(lm: LoadedModel, ds: DatasetSplits, device: str) -> torch.Tensor:
+    """(D, K) zero-shot weights for every class of `ds`, with the dataset's template."""
+    names = [c.replace("_", " ") for c in ds.classnames]
+    return build_classifier(lm.model, lm.tokenizer, names, ds.template, device)
+
+
+def build_classifier(model, tokenizer, classnames: Sequence[str], template: str, device: str) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    w = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, [template],
+                                             num_classes_per_batch=256, device=device)
+    model.train(was_training)
+    return w
+
+
+def logits(model: torch.nn.Module, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Zero-shot logits at the evaluation scale for a batch of model-ready images."""
+    return EVAL_SCALE * F.normalize(model.encode_image(images), dim=-1) @ weights
+
+
+def loader(items, preprocess, device: str, batch_size: int = 256, workers: int | None = None):
+    workers = (4 if str(device).startswith("cuda") else 0) if workers is None else workers
+    return torch.utils.data.DataLoader(ImageDataset(items, preprocess), batch_size=batch_size,
+                                       num_workers=workers, pin_memory=str(device).startswith("cuda"))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data, weights: torch.Tensor, device: str,
+            desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels over a DataLoader of (image, label) batches."""
+    model.eval()
+    preds, labels = [], []
+    for x, y in tqdm(data, desc=desc, leave=False, disable=desc is None):
+        preds.append(logits(model, x.to(device), weights).argmax(-1).cpu())
+        labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def class_figures(preds: torch.Tensor, labels: torch.Tensor, cls: int) -> dict[str, float]:
+    """Accuracy on one class's images, on all the others, and on all (SPEC §3)."""
+    correct = (preds == labels).float()
+    mask = labels == cls
+    return {"cls_acc_test": correct[mask].mean().item() if mask.any() else float("nan"),
+            "no_cls_acc": correct[~mask].mean().item(),
+            "full_acc": correct.mean().item()}
+
+
+def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, k: int) -> list[float]:
+    correct = torch.zeros(k).index_add_(0, labels, (preds == labels).float())
+    count = torch.bincount(labels, minlength=k).float()
+    return (correct / count.clamp(min=1)).tolist()
+
+
+def model_key(lm: LoadedModel) -> str | None:
+    """Cache key for a model's baselines; None for random weights (nothing worth caching)."""
+    if lm.pretrained == "none":
+        return None
+    if lm.pretrained == "demo":
+        return demo_weights_path().stem
+    p = Path(lm.pretrained)
+    if p.is_file():
+        return f"{lm.tag}-{hashlib.sha1(p.read_bytes()).hexdigest()[:12]}"
+    return f"{lm.tag}-{lm.pretrained}"
+
+
+def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str) -> dict[str, dict[str, float]]:
+    """Per class: cls_acc_test, no_cls_acc, acc_train, full_acc — the reference files' format."""
+    w = classifier_weights(lm, ds, device)
+    k = len(ds.classnames)
+    test_p, test_y = predict(lm.model, loader(ds.test, lm.preprocess, device), w, device, f"{ds.name} test")
+    train_p, train_y = predict(lm.model, loader(ds.train, lm.preprocess, device), w, device, f"{ds.name} train")
+    train_acc = per_class_accuracy(train_p, train_y, k)
+    out = {}
+    for i, name in enumerate(ds.classnames):
+        fig = class_figures(test_p, test_y, i)
+        out[name] = {"cls_acc_test": fig["cls_acc_test"], "no_cls_acc": fig["no_cls_acc"],
+                     "acc_train": train_acc[i], "full_acc": fig["full_acc"]}
+    return out
+
+
+def baselines(lm: LoadedModel, ds: DatasetSplits, device: str) -> dict[str, dict[str, float]]:
+    """compute_baselines, cached as JSON per (model, dataset) under the cache folder."""
+    key = model_key(lm)
+    path = cache_dir() / "zeroshot" / f"{key}" / f"{ds.name}.json"
+    if key and path.is_file():
+        return json.loads(path.read_text())
+    out = compute_baselines(lm, ds, device)
+    if key:
+        atomic_write_json(path, out)
+    return out
+
+
+def baseline_path(tag_key: str, ds_name: str) -> Path:
+    return cache_dir() / "zeroshot" / tag_key / f"{ds_name}.json"
+
+
+def compare_to_reference(ours: dict, reference: dict, tol: float = 0.01) -> list[str]:
+    """Lines describing every figure that differs from the paper's by more than `tol`."""
+    lines = []
+    for ds, classes in ours.items():
+        if ds not in reference:
+            continue
+        for cls, figs in classes.items():
+            ref = reference[ds].get(cls)
+            if ref is None:
+                lines.append(f"{ds}/{cls}: not in the reference")
+                continue
+            for key, val in figs.items():
+                if key in ref and abs(val - ref[key]) > tol:
+                    lines.append(f"{ds}/{cls} {key}: ours {val:.4f}, paper {ref[key]:.4f}")
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Zero-shot accuracy of a CLIP model, per dataset and class.")
+    p.add_argument("--backbone_arch", default="demo", help="RN50, ViT-B/16, demo or any open_clip model")
+    p.add_argument("--pretrained", default=None, help="openai (default), another open_clip tag, none, or a file")
+    p.add_argument("--run_ds", default="Digits,Shapes", help="comma-separated dataset names")
+    p.add_argument("--data_root", default=default_data_root())
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the per-class figures to this JSON file")
+    p.add_argument("--compare", nargs="?", const="auto", default=None,
+                   help="print differences > 0.01 from the paper's figures (shared/reference) or from FILE")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    names = [n.strip() for n in args.run_ds.split(",") if n.strip()]
+    problems = []
+    for n in names:
+        try:
+            dataset_config(n)
+        except UserError as e:
+            problems.append(str(e))
+    check_all(problems)
+    seed_everything(args.seed)
+    datasets = [build_dataset(n, args.data_root) for n in names]
+    lm = load_model(args.backbone_arch, args.pretrained, args.device, args.data_root)
+    results = {}
+    for ds in datasets:
+        results[ds.name] = baselines(lm, ds, args.device)
+        full = next(iter(results[ds.name].values()))["full_acc"]
+        print(f"{lm.tag} {ds.name}: zero-shot test accuracy {full:.4f} ({len(ds.test)} images, "
+              f"{len(ds.classnames)} classes)")
+    if args.out:
+        atomic_write_json(args.out, results)
+    if args.compare:
+        ref_file = Path(args.compare) if args.compare != "auto" else REFERENCE / f"zeroshot_openai_{lm.tag}.json"
+        if not ref_file.is_file():
+            raise UserError(f"no reference file {ref_file}")
+        diffs = compare_to_reference(results, json.loads(ref_file.read_text()))
+        print("\n".join(diffs) if diffs else f"all figures within 0.01 of {ref_file.name}")
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)
