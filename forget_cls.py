@@ -1,0 +1,39 @@
+"""Which classes to forget, and the paper's per-class datagen thresholds.
+
+FORGET_CLASSES: the paper's benchmark (SPEC §4) plus the demo world's classes.
+DATAGEN_SETTINGS[arch][dataset][class] = (high_prob, sub_prob): the paper tunes the acceptance
+threshold of synthetic images per class (0.6-0.99); classes not listed use datagen's defaults.
+"""
+from __future__ import annotations
+
+FORGET_CLASSES: dict[str, list[str]] = {
+    "StanfordDogs": ["Pekinese", "toy poodle", "Scotch terrier"],
+    "StanfordCars": ["2009 Spyker C8 Coupe", "2010 Dodge Ram Pickup 3500 Crew Cab", "2011 Ford Ranger SuperCab"],
+    "Caltech101": ["euphonium", "minaret", "platypus"],
+    "OxfordFlowers": ["gazania", "tree mallow", "trumpet creeper"],
+    # the embedded demo world
+    "Digits": ["three"],
+    "Shapes": ["star"],
+}
+
+DATAGEN_SETTINGS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+    "RN50": {
+        "OxfordFlowers": {"gazania": (0.7, 0.025), "trumpet creeper": (0.7, 0.025), "tree mallow": (0.7, 0.0)},
+        "StanfordCars": {c: (0.7, 0.025) for c in FORGET_CLASSES["StanfordCars"]},
+        "Caltech101": {"minaret": (0.7, 0.025), "platypus": (0.7, 0.025), "euphonium": (0.75, 0.025)},
+        "StanfordDogs": {"Scotch terrier": (0.7, 0.025), "toy poodle": (0.6, 0.025), "Pekinese": (0.98, 0.0)},
+    },
+    "ViT-B-16": {
+        "StanfordDogs": {"Scotch terrier": (0.7, 0.025), "toy poodle": (0.7, 0.025), "Pekinese": (0.99, 0.025)},
+        "StanfordCars": {"2010 Dodge Ram Pickup 3500 Crew Cab": (0.9, 0.025),
+                         "2011 Ford Ranger SuperCab": (0.6, 0.025), "2009 Spyker C8 Coupe": (0.8, 0.025)},
+        "OxfordFlowers": {"gazania": (0.9, 0.025), "tree mallow": (0.85, 0.025), "trumpet creeper": (0.6, 0.025)},
+        "Caltech101": {c: (0.99, 0.025) for c in FORGET_CLASSES["Caltech101"]},
+    },
+    "demo": {},  # the demo uses datagen's defaults
+}
+
+
+def datagen_setting(arch_tag: str, dataset: str, classname: str) -> tuple[float, float] | None:
+    """The paper's (high_prob, sub_prob) for a class, or None to use the command-line values."""
+    return DATAGEN_SETTINGS.get(arch_tag, {}).get(dataset, {}).get(classname)
