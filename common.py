@@ -103,3 +103,27 @@ def cache_dir() -> Path:
 
 def default_data_root() -> str:
     return os.environ.get("CLIP_FORGET_DATA", str(REPO / "data"))
+
+
+def add_common_args(p, run_ds: str = "Digits,Shapes", arch: str = "demo") -> None:
+    """The options every script shares, with the same names and defaults everywhere."""
+    p.add_argument("--run_ds", default=run_ds, help="comma-separated datasets (default: %(default)s)")
+    p.add_argument("--forget_labels", default=None,
+                   help="comma-separated class names to forget (default: forget_cls.py's classes)")
+    p.add_argument("--backbone_arch", default=arch,
+                   help="RN50, ViT-B/16, demo or any open_clip model (default: %(default)s)")
+    p.add_argument("--pretrained", default=None,
+                   help="weights: openai (default for open_clip models), another open_clip tag, "
+                        "none (random), a checkpoint file; the demo uses its cached weights")
+    p.add_argument("--data_root", default=default_data_root(),
+                   help="folder holding the datasets (env CLIP_FORGET_DATA; default: %(default)s)")
+    p.add_argument("--device", default=default_device(), help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="fixes every random choice (default: %(default)s)")
+
+
+def check_writable(folder: str | Path) -> list[str]:
+    """A problem line if `folder` (or the nearest existing parent) cannot be written."""
+    p = Path(folder).resolve()
+    while not p.exists():
+        p = p.parent
+    return [] if os.access(p, os.W_OK) else [f"output folder {folder} is not writable"]

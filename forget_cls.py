@@ -37,3 +37,36 @@ DATAGEN_SETTINGS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
 def datagen_setting(arch_tag: str, dataset: str, classname: str) -> tuple[float, float] | None:
     """The paper's (high_prob, sub_prob) for a class, or None to use the command-line values."""
     return DATAGEN_SETTINGS.get(arch_tag, {}).get(dataset, {}).get(classname)
+
+
+def resolve_targets(datasets: dict, forget_labels: str | None) -> tuple[list[tuple[str, str]], list[str]]:
+    """(dataset, class) pairs to forget, and every problem found.
+
+    Without `forget_labels`, each dataset's FORGET_CLASSES; with it (comma-separated names), each
+    name is looked up among the classes of the given datasets.
+    """
+    from common import close_names
+    targets, problems = [], []
+    if forget_labels is None:
+        for name, ds in datasets.items():
+            if name not in FORGET_CLASSES:
+                problems.append(f"no default forget classes for {name}: pass --forget_labels")
+            for c in FORGET_CLASSES.get(name, []):
+                if c in ds.classnames:
+                    targets.append((name, c))
+                else:
+                    problems.append(f"{name} has no class '{c}'{close_names(c, ds.classnames)}")
+        return targets, problems
+    for label in [x.strip() for x in forget_labels.split(",") if x.strip()]:
+        owners = [n for n, ds in datasets.items() if label in ds.classnames]
+        if owners:
+            targets += [(n, label) for n in owners]
+            continue
+        elsewhere = [n for n, cs in FORGET_CLASSES.items() if label in cs and n not in datasets]
+        if elsewhere:
+            problems.append(f"class '{label}' belongs to {elsewhere[0]}, which is not in --run_ds")
+        else:
+            every = [c for ds in datasets.values() for c in ds.classnames]
+            problems.append(f"unknown class '{label}' in {', '.join(datasets) or 'no dataset'}"
+                            f"{close_names(label, every)}")
+    return targets, problems

@@ -6,6 +6,7 @@ preprocessing (taken from open_clip, SPEC §5) and its tokenizer.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,8 +83,14 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
     if problems:
         raise UserError(problems[0])
     is_file = Path(pretrained).is_file()
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=None if pretrained in ("none", "demo") or is_file else pretrained)
+    random_init = pretrained in ("none", "demo") or is_file
+    if random_init:  # open_clip warns that it initialised randomly: that is what we asked for
+        logging.disable(logging.WARNING)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None if random_init else pretrained)
+    finally:
+        logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
     if is_file:
         load_checkpoint(model, pretrained)

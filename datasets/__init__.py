@@ -62,3 +62,19 @@ def build_dataset(name: str, data_root: str | Path) -> DatasetSplits:
     else:
         split = read_split_file(split_path)
     return splits_from_file(cfg, root, split)
+
+
+def build_datasets(names: str | list[str], data_root: str | Path) -> tuple[dict[str, DatasetSplits], list[str]]:
+    """Build several datasets (comma-separated names), collecting every problem instead of stopping."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    out, problems = {}, []
+    if not names:
+        problems.append("no dataset given (--run_ds)")
+    for n in names:
+        try:
+            ds = build_dataset(n, data_root)
+            out[ds.name] = ds
+        except UserError as e:
+            problems.append(str(e))
+    return out, problems

@@ -1,0 +1,122 @@
+"""Building a missing split file from a dataset's raw annotations, as CoOp does.
+
+The readers of the paper's datasets collect `[relative_path, label, classname]` entries from
+their raw annotations and use these helpers to split them (per class, with a fixed seed), check
+that every image is there, and write the split file next to the data. Split fractions and the
+seed come from the dataset's YAML (`p_train`, `p_val`, `split_seed`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import DATASETS_DOC, UserError
+from datasets.base import SPLITS, DatasetConfig, write_split_file
+
+Entry = list  # [relative_path (below image_dir), label, classname]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def need(path: Path, root: Path, cfg: DatasetConfig) -> Path:
+    """`path` if it exists; otherwise the error for a split file that cannot be built."""
+    if not path.exists():
+        raise UserError(f"{cfg.name}: split file {root / cfg.split_file} not found, and {path} "
+                        f"to build it from is missing too; {DATASETS_DOC}")
+    return path
+
+
+def first_existing(paths: list[Path], root: Path, cfg: DatasetConfig) -> Path:
+    """The first of `paths` that exists (mirrors place some files differently)."""
+    for p in paths:
+        if p.exists():
+            return p
+    return need(paths[0], root, cfg)
+
+
+def load_mat(path: Path) -> dict[str, Any]:
+    """A MATLAB file as a dict of arrays (1x1 dimensions squeezed); a broken file names itself."""
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(path, squeeze_me=True)
+    except Exception as e:  # scipy raises several types for truncated or foreign files
+        raise UserError(f"cannot read {path}: {e}; {DATASETS_DOC}") from None
+
+
+def mat_field(mat: dict[str, Any], key: str, path: Path) -> np.ndarray:
+    """`mat[key]` as a 1-D array; a file without it is a user error naming the file."""
+    if key not in mat:
+        raise UserError(f"{path} has no '{key}' entry (not the expected annotation file?); {DATASETS_DOC}")
+    return np.atleast_1d(mat[key])
+
+
+def _sizes(n: int, fractions: list[float]) -> list[int]:
+    """Images per part for a class of `n`: the rounded fractions, the last part takes the rest."""
+    counts = [round(n * f) for f in fractions]
+    return counts + [n - sum(counts)]
+
+
+def _cut(entries: list[Entry], fractions: list[float], label: int, cfg: DatasetConfig,
+         source: Path) -> list[list[Entry]]:
+    """Shuffle one class's entries with a seed of its own and cut them into len(fractions)+1 parts."""
+    entries = sorted(entries)
+    sizes = _sizes(len(entries), fractions)
+    if min(sizes) < 1:
+        raise UserError(f"{cfg.name}: class '{entries[0][2]}' has {len(entries)} images in {source}, "
+                        f"too few to split; {DATASETS_DOC}")
+    order = np.random.default_rng([int(cfg.extra.get("split_seed", 1)), label]).permutation(len(entries))
+    shuffled = [entries[i] for i in order]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(sorted(shuffled[start:start + size]))
+        start += size
+    return parts
+
+
+def _by_label(entries: list[Entry]) -> dict[int, list[Entry]]:
+    groups: dict[int, list[Entry]] = defaultdict(list)
+    for e in entries:
+        groups[int(e[1])].append(e)
+    return dict(sorted(groups.items()))
+
+
+def split_three_ways(entries: list[Entry], cfg: DatasetConfig, source: Path) -> dict[str, list[Entry]]:
+    """Per class: `p_train` train, `p_val` val, the rest test (CoOp: 50/20/30)."""
+    fractions = [float(cfg.extra.get("p_train", 0.5)), float(cfg.extra.get("p_val", 0.2))]
+    split: dict[str, list[Entry]] = {s: [] for s in SPLITS}
+    for label, group in _by_label(entries).items():
+        for s, part in zip(SPLITS, _cut(group, fractions, label, cfg, source)):
+            split[s] += part
+    return split
+
+
+def split_off_val(trainval: list[Entry], test: list[Entry], cfg: DatasetConfig,
+                  source: Path) -> dict[str, list[Entry]]:
+    """Per class: `p_val` of the official training images become val (CoOp: 20%)."""
+    split: dict[str, list[Entry]] = {"train": [], "val": [], "test": sorted(test, key=lambda e: (e[1], e[0]))}
+    for label, group in _by_label(trainval).items():
+        val, train = _cut(group, [float(cfg.extra.get("p_val", 0.2))], label, cfg, source)
+        split["train"] += train
+        split["val"] += val
+    return split
+
+
+def save_built_split(root: Path, cfg: DatasetConfig, split: dict[str, list[Entry]], source: str) -> dict:
+    """Check the built split's images exist, write it next to the data and say so in one line.
+
+    Nothing is written when an image is missing, so a split file on disk is always complete.
+    """
+    image_root = root / cfg.image_dir
+    missing = [e[0] for s in SPLITS for e in split[s] if not (image_root / e[0]).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{cfg.name}: image {image_root / missing[0]} listed in {source} is missing{more}; "
+                        f"{DATASETS_DOC}")
+    path = root / cfg.split_file
+    write_split_file(path, split)
+    sizes = "/".join(str(len(split[s])) for s in SPLITS)
+    print(f"{cfg.name}: built split file {path} from {source} ({sizes} train/val/test images)")
+    return split

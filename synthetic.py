@@ -1,0 +1,108 @@
+"""The synthetic forget set on disk, and how the trainer sees it.
+
+Datagen optimises images `x` in ImageNet-normalised pixel space (SPEC §1). The trainer loads
+`model_view(x)`: un-normalise, min-max rescale each image to [0, 1], CLIP-normalise. Datagen
+judges acceptance on exactly that view, so every saved image is what the trainer will use.
+
+File: `<out_dir>/<dataset>/<class>.pt` (dict of tensors + `meta`, loadable with
+`torch.load(..., weights_only=True)`) and a PNG grid `<class>.png` beside it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+
+from common import UserError, atomic_torch_save
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT_VERSION = 1
+
+
+def _col(v, ref: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(v, dtype=ref.dtype, device=ref.device).view(1, 3, 1, 1)
+
+
+def unnormalise(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised values -> pixel values (not yet clipped to [0, 1])."""
+    return x * _col(IMAGENET_STD, x) + _col(IMAGENET_MEAN, x)
+
+
+def pixel_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel range of normalised values that maps to pixels in [0, 1]."""
+    lo = -_col(IMAGENET_MEAN, x) / _col(IMAGENET_STD, x)
+    return lo, lo + 1 / _col(IMAGENET_STD, x)
+
+
+def model_view(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """What the trainer feeds the model: un-normalise, min-max rescale per image, CLIP-normalise."""
+    p = unnormalise(x)
+    flat = p.flatten(1)
+    lo, hi = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
+    p = (p - lo) / (hi - lo).clamp_min(1e-8)
+    return (p - _col(mean, x)) / _col(std, x)
+
+
+def clip_norm(model: torch.nn.Module) -> tuple[tuple, tuple]:
+    """The model's CLIP normalisation (mean, std), from open_clip's preprocessing config."""
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    return tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)), tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+
+
+def safe_name(classname: str) -> str:
+    return classname.replace("/", "_")
+
+
+def synthetic_path(out_dir: str | Path, dataset: str, classname: str) -> Path:
+    return Path(out_dir) / dataset / f"{safe_name(classname)}.pt"
+
+
+def save_synthetic(path: Path, images: torch.Tensor, probs: torch.Tensor, steps: torch.Tensor,
+                   thresholds: torch.Tensor, meta: dict) -> None:
+    """Write the tensor file atomically, then a PNG grid of the images as the trainer sees them."""
+    from torchvision.utils import save_image
+    meta = {**meta, "format": FORMAT_VERSION, "n_images": int(len(images))}
+    atomic_torch_save(path, {"images": images.cpu().float(), "probs": probs.cpu().float(),
+                             "steps": steps.cpu().long(), "thresholds": thresholds.cpu().float(), "meta": meta})
+    if len(images):
+        p = unnormalise(images.cpu().float())
+        flat = p.flatten(1)
+        p = (p - flat.min(1).values.view(-1, 1, 1, 1)) / (flat.max(1).values - flat.min(1).values).view(-1, 1, 1, 1)
+        if p.shape[-1] < 96:  # small images: enlarge (nearest) so the grid is readable
+            p = torch.nn.functional.interpolate(p, scale_factor=96 // p.shape[-1], mode="nearest")
+        tmp = path.with_suffix(".tmp.png")
+        save_image(p, tmp, nrow=8, padding=2)
+        tmp.replace(path.with_suffix(".png"))
+
+
+def read_synthetic(path: Path) -> dict:
+    """Load a synthetic-set file safely; a corrupt or foreign file is a user error naming it."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no synthetic images at {path}: run datagen.py first (see README)") from None
+    except Exception as e:
+        raise UserError(f"synthetic-image file {path} is corrupt or not ours: {str(e).splitlines()[0][:120]}; "
+                        "delete it and rerun datagen.py") from None
+    if not isinstance(data, dict) or "images" not in data or "meta" not in data:
+        raise UserError(f"synthetic-image file {path} is not a datagen.py file; delete it and rerun datagen.py")
+    return data
+
+
+def check_synthetic(data: dict, path: Path, model_key: str, image_size: int, class_index: int) -> list[str]:
+    """Problems that make a synthetic set unusable for this model and class (empty list if fine)."""
+    meta, images = data["meta"], data["images"]
+    problems = []
+    if meta.get("model_key") != model_key:
+        problems.append(f"{path} was made by model '{meta.get('model_key')}', not '{model_key}'; "
+                        "rerun datagen.py for this model")
+    if images.ndim != 4 or tuple(images.shape[1:]) != (3, image_size, image_size):
+        problems.append(f"{path} holds images of shape {tuple(images.shape[1:])}, but the model takes "
+                        f"(3, {image_size}, {image_size}); rerun datagen.py for this model")
+    if len(images) == 0:
+        problems.append(f"{path} holds no images; rerun datagen.py (lower --high_prob if no image is accepted)")
+    if meta.get("class_index") != class_index:
+        problems.append(f"{path} was made for class index {meta.get('class_index')}, not {class_index}")
+    return problems
