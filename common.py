@@ -7,6 +7,7 @@ import os
 import random
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -127,3 +128,8 @@ def check_writable(folder: str | Path) -> list[str]:
     while not p.exists():
         p = p.parent
     return [] if os.access(p, os.W_OK) else [f"output folder {folder} is not writable"]
+
+
+def class_seed(seed: int, dataset: str, classname: str) -> int:
+    """A seed per (run seed, class): a class's results do not depend on which others run."""
+    return seed * 1_000_003 + zlib.crc32(f"{dataset}/{classname}".encode())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import zlib
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
-from common import UserError, add_common_args, check_all, check_writable, run_cli
+from common import UserError, add_common_args, check_all, check_writable, class_seed, run_cli
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
 from models import LoadedModel, arch_tag, check_pretrained, load_model
@@ -116,8 +115,8 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
             total += 1
             prob = class_probability(model, x, weights, target, mean, std)
             accepted = prob > threshold
-            for i in accepted.nonzero().flatten().tolist():
-                kept.append((x[i].cpu(), prob[i].item(), steps[i].item(), threshold))
+            for i in accepted.nonzero().flatten().tolist():  # clone: the slot is overwritten below
+                kept.append((x[i].detach().clone().cpu(), prob[i].item(), steps[i].item(), threshold))
             gave_up = ~accepted & (steps >= cfg.max_steps)
             for _ in range(int(gave_up.sum())):
                 failed += 1
@@ -140,11 +139,6 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
         probs=torch.tensor([k[1] for k in kept]), steps=torch.tensor([k[2] for k in kept], dtype=torch.long),
         thresholds=torch.tensor([k[3] for k in kept]), failed=failed,
         complete=len(kept) >= cfg.n_generated, total_steps=total)
-
-
-def class_seed(seed: int, dataset: str, classname: str) -> int:
-    """A seed per (run seed, class), so a class's images do not depend on which others run."""
-    return seed * 1_000_003 + zlib.crc32(f"{dataset}/{classname}".encode())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

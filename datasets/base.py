@@ -62,8 +62,8 @@ def read_split_file(path: Path) -> dict[str, list]:
         split = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read split file {path}: {e}; {DATASETS_DOC}") from None
-    missing = [s for s in SPLITS if s not in split]
-    if not isinstance(split, dict) or missing:
+    missing = [s for s in SPLITS if not isinstance(split, dict) or not isinstance(split.get(s), list)]
+    if missing:
         raise UserError(f"split file {path} lacks the lists {missing}; {DATASETS_DOC}")
     return split
 
@@ -82,7 +82,11 @@ def splits_from_file(cfg: DatasetConfig, root: Path, split: dict[str, list]) -> 
     for s in SPLITS:
         items[s] = []
         for entry in split[s]:
-            relpath, label, classname = entry[0], int(entry[1]), str(entry[2])
+            try:
+                relpath, label, classname = str(entry[0]), int(entry[1]), str(entry[2])
+            except (IndexError, KeyError, TypeError, ValueError):
+                raise UserError(f"{cfg.name}: entry {entry!r:.80} in {root / cfg.split_file} is not "
+                                f"[relative_path, label, classname]; {DATASETS_DOC}") from None
             if names.setdefault(label, classname) != classname:
                 raise UserError(f"{cfg.name}: label {label} is both '{names[label]}' and '{classname}' "
                                 f"in {root / cfg.split_file}; {DATASETS_DOC}")

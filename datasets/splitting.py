@@ -7,6 +7,7 @@ seed come from the dataset's YAML (`p_train`, `p_val`, `split_seed`).
 """
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,15 @@ def _sizes(n: int, fractions: list[float]) -> list[int]:
     return counts + [n - sum(counts)]
 
 
-def _cut(entries: list[Entry], fractions: list[float], label: int, cfg: DatasetConfig,
-         source: Path) -> list[list[Entry]]:
-    """Shuffle one class's entries with a seed of its own and cut them into len(fractions)+1 parts."""
-    entries = sorted(entries)
+def _cut(entries: list[Entry], fractions: list[float], cfg: DatasetConfig,
+         source: Path | str) -> list[list[Entry]]:
+    """Shuffle one class's entries (seeded) and cut them into len(fractions) + 1 parts."""
     sizes = _sizes(len(entries), fractions)
     if min(sizes) < 1:
         raise UserError(f"{cfg.name}: class '{entries[0][2]}' has {len(entries)} images in {source}, "
                         f"too few to split; {DATASETS_DOC}")
-    order = np.random.default_rng([int(cfg.extra.get("split_seed", 1)), label]).permutation(len(entries))
-    shuffled = [entries[i] for i in order]
+    seed = cfg.extra.get("split_seed", 1)  # a seeded hash order: the same on every machine and version
+    shuffled = sorted(entries, key=lambda e: hashlib.sha256(f"{seed}/{e[0]}".encode()).hexdigest())
     parts, start = [], 0
     for size in sizes:
         parts.append(sorted(shuffled[start:start + size]))
@@ -83,22 +83,22 @@ def _by_label(entries: list[Entry]) -> dict[int, list[Entry]]:
     return dict(sorted(groups.items()))
 
 
-def split_three_ways(entries: list[Entry], cfg: DatasetConfig, source: Path) -> dict[str, list[Entry]]:
+def split_three_ways(entries: list[Entry], cfg: DatasetConfig, source: Path | str) -> dict[str, list[Entry]]:
     """Per class: `p_train` train, `p_val` val, the rest test (CoOp: 50/20/30)."""
     fractions = [float(cfg.extra.get("p_train", 0.5)), float(cfg.extra.get("p_val", 0.2))]
     split: dict[str, list[Entry]] = {s: [] for s in SPLITS}
-    for label, group in _by_label(entries).items():
-        for s, part in zip(SPLITS, _cut(group, fractions, label, cfg, source)):
+    for group in _by_label(entries).values():
+        for s, part in zip(SPLITS, _cut(group, fractions, cfg, source)):
             split[s] += part
     return split
 
 
 def split_off_val(trainval: list[Entry], test: list[Entry], cfg: DatasetConfig,
-                  source: Path) -> dict[str, list[Entry]]:
+                  source: Path | str) -> dict[str, list[Entry]]:
     """Per class: `p_val` of the official training images become val (CoOp: 20%)."""
     split: dict[str, list[Entry]] = {"train": [], "val": [], "test": sorted(test, key=lambda e: (e[1], e[0]))}
-    for label, group in _by_label(trainval).items():
-        val, train = _cut(group, [float(cfg.extra.get("p_val", 0.2))], label, cfg, source)
+    for group in _by_label(trainval).values():
+        val, train = _cut(group, [float(cfg.extra.get("p_val", 0.2))], cfg, source)
         split["train"] += train
         split["val"] += val
     return split
