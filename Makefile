@@ -12,15 +12,22 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
+# the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, results
 demo: $(STAMP)
 	$(PY) zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
+	sh datagen.sh demo
+	sh train.sh 1 1 0 1 25 0.1 "Digits,Shapes" demo
+	$(PY) clip_forget_utils.py results/results1/seed_0/ --all_res 1
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_datagen.py
+	$(PY) bench/bench_datagen.py --arch RN50 --pretrained none --n 8 --batch_size 8 --max_steps 4 --high_prob 0.2
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_train.py --arch RN50 --pretrained none --batch 4 --n_samples 5 --steps 2
+	$(PY) bench/bench_train.py --arch ViT-B/16 --pretrained none --batch 4 --n_samples 5 --steps 2
 
 clean:
-	rm -rf results generated_demo .cache
+	rm -rf results generated_demo .cache bench/out

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend state, PNGs through Agg
 
-from common import UserError, _atomic, atomic_write_text, run_cli
+from common import UserError, _atomic, atomic_write_text, check_all, check_writable, run_cli
 
 BEFORE_FILE = "zeroshot_before.json"
 ARGS_FILE = "args.txt"
@@ -32,7 +32,7 @@ MAIN_COLUMNS = ["std", "full_Noforget", "cls_Noforget", "cls_forget", "full_forg
 GEN_COLUMNS = ["acc_val_hard", "acc_val_true_data"]
 NO_GEN_COLUMNS = ["acc_train"]
 NOT_STD_KEYS = ("summary", "final_results")  # keys of a class's log that are not noise levels
-# backbone spellings -> the tag of the paper's reference file (shared/reference/zeroshot_openai_<tag>.json)
+# backbone spellings -> the tag of the paper's reference file (reference/zeroshot_openai_<tag>.json)
 REFERENCE_TAGS = {"RN50": "RN50", "RN50-quickgelu": "RN50",
                   "ViT-B/16": "ViT-B-16", "ViT-B-16": "ViT-B-16", "ViT-B-16-quickgelu": "ViT-B-16"}
 
@@ -369,6 +369,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     folder = Path(args.folder)
+    problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
+    check_all(problems + (check_writable(folder) if folder.is_dir() else []))
     df, _ = create_results(folder, gen_data=bool(args.gen_data), all_res=bool(args.all_res),
                            rn=bool(args.rn), log_name=args.log_name)
     if df.empty:

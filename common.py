@@ -5,6 +5,7 @@ import difflib
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import zlib
@@ -33,9 +34,10 @@ def close_names(name: str, choices: Iterable[str], n: int = 3) -> str:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
-    """Run a script's main(); user errors become one line on stderr and exit code 2.
+    """Run a script's main(); user errors become one line each on stderr and exit code 2.
 
     A traceback is shown only for bugs, or for user errors when --debug-errors is given.
+    Out of GPU memory exits with 3 and advice, Ctrl-C with 130 (finished work is already saved).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--debug-errors" in argv
@@ -43,17 +45,34 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
         argv.remove("--debug-errors")
     try:
         main(argv)
+        return
     except UserError as e:
         if show_traceback:
             raise
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
-    except torch.OutOfMemoryError:
+        lines, code = [f"error: {line}" for line in user_message(e).splitlines()], 2
+    except torch.OutOfMemoryError as e:
         if show_traceback:
             raise
-        print("error: out of GPU memory; rerun with a smaller --batch_size", file=sys.stderr)
-        sys.exit(3)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        lines, code = [f"error: out of GPU memory ({first}); rerun with a smaller --batch_size "
+                       "(finished work is kept)"], 3
+    except KeyboardInterrupt:
+        lines, code = ["error: interrupted; finished work is saved: rerun the same command to continue"], 130
+    # exit outside the except block: the error's traceback (and any DataLoader workers it keeps
+    # alive) is freed now, not at interpreter exit, where shutting the workers down stalls
+    print("\n".join(lines), file=sys.stderr)
+    sys.exit(code)
+
+
+def user_message(e: UserError) -> str:
+    """The message of a UserError, also when a DataLoader worker re-raised it wrapped in its traceback
+    ("Caught UserError in DataLoader worker process 0. Original Traceback ... common.UserError: msg")."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        m = re.search(r"^(?:[\w.]+\.)?UserError: ", msg, flags=re.M)
+        if m:
+            return msg[m.end():].strip()
+    return msg
 
 
 def check_all(problems: list[str]) -> None:
@@ -73,8 +92,13 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files: give results the usual permissions
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as f:  # on disk before the rename: a crash leaves the old file or the new one
+            os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
     finally:
         if os.path.exists(tmp):
@@ -123,11 +147,40 @@ def add_common_args(p, run_ds: str = "Digits,Shapes", arch: str = "demo") -> Non
 
 
 def check_writable(folder: str | Path) -> list[str]:
-    """A problem line if `folder` (or the nearest existing parent) cannot be written."""
-    p = Path(folder).resolve()
-    while not p.exists():
+    """A problem line if `folder` cannot be created or written to.
+
+    Really tries (a nameless temporary file in the nearest existing folder): os.access says yes
+    to root even on read-only file systems, and a parent that is a file is no folder at all.
+    """
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
         p = p.parent
-    return [] if os.access(p, os.W_OK) else [f"output folder {folder} is not writable"]
+    if not p.is_dir():
+        return [f"output folder {folder} cannot be created: {p} is a file, not a folder"]
+    try:
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        return [f"output folder {folder} is not writable ({p}: {e.strerror})"]
+    return []
+
+
+def check_device(device: str) -> list[str]:
+    """A problem line if `device` is not a device torch has here (checked before loading anything)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        return [f"unknown --device '{device}' (use cpu, cuda or cuda:N)"]
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return [f"--device {device}: no CUDA GPU is available here; use --device cpu"]
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            return [f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"]
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        return [f"--device {device}: MPS is not available here; use --device cpu"]
+    elif d.type not in ("cpu", "cuda", "mps"):
+        return [f"--device {device}: unsupported device type (use cpu, cuda or cuda:N)"]
+    return []
 
 
 def class_seed(seed: int, dataset: str, classname: str) -> int:

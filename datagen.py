@@ -12,6 +12,7 @@ acceptance) the threshold drops by sub_prob, never below min_prob.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
@@ -21,12 +22,13 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
-from common import UserError, add_common_args, check_all, check_writable, class_seed, run_cli
+from common import UserError, add_common_args, check_all, check_device, check_writable, class_seed, run_cli
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
 from models import LoadedModel, arch_tag, check_pretrained, load_model
 from synthetic import clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
-from zeroshot import EVAL_SCALE, classifier_weights, model_key
+from zeroshot import EVAL_SCALE, classifier_weights, run_model_key
+import beyond  # options beyond the paper (issue 8); all off by default
 
 
 @dataclass
@@ -44,6 +46,8 @@ class DatagenConfig:
     blur_sigma: float = 0.5  # ... with this sigma along H and W
     batch_size: int = 64  # images optimised in parallel
     max_failed: int = 200  # give up on a class after this many failed attempts (keeps what it has)
+    accept_margin: float = 0.0  # beyond the paper (beyond.py): also need this logit margin (x100); 0 = off
+    augment_accept: int = 0  # beyond the paper: also hold under this many random augmentations; 0 = off
 
 
 @dataclass
@@ -115,6 +119,9 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
             total += 1
             prob = class_probability(model, x, weights, target, mean, std)
             accepted = prob > threshold
+            if cfg.accept_margin > 0 or cfg.augment_accept > 0:
+                accepted = beyond.accept_mask(model, model_view(x, mean, std), weights, target, cfg.accept_margin,
+                                              cfg.augment_accept, generator, accepted)
             for i in accepted.nonzero().flatten().tolist():  # clone: the slot is overwritten below
                 kept.append((x[i].detach().clone().cpu(), prob[i].item(), steps[i].item(), threshold))
             gave_up = ~accepted & (steps >= cfg.max_steps)
@@ -150,7 +157,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--paper_settings", type=int, default=0,
                    help="1: use the paper's per-class high_prob/sub_prob from forget_cls.py where it has them")
     for f in fields(DatagenConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=beyond.DATAGEN_HELP.get(f.name))
+    beyond.add_datagen_args(p)
     return p.parse_args(argv)
 
 
@@ -161,9 +169,18 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         problems.append(f"--high_prob must be in (0, 1), got {args.high_prob}")
     if not 0 <= args.sub_prob < 1:
         problems.append(f"--sub_prob must be in [0, 1), got {args.sub_prob}")
+    if not 0 < args.min_prob < 1:
+        problems.append(f"--min_prob must be in (0, 1), got {args.min_prob}")
     for name in ("n_generated", "batch_size", "max_steps", "blur_every", "max_failed"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("lr", "blur_sigma"):
+        if not getattr(args, name) > 0:
+            problems.append(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("l2_reg", "max_jitter"):
+        if getattr(args, name) < 0:
+            problems.append(f"--{name} must be at least 0, got {getattr(args, name)}")
+    n_before = len(problems)
     try:
         problems += check_pretrained(args.backbone_arch, args.pretrained or "openai") \
             if args.pretrained else []
@@ -171,21 +188,37 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
     except UserError as e:
         problems.append(str(e))
         tag = None
+    model_ok = len(problems) == n_before  # the model's name and weights are valid
     datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
     problems += ds_problems
-    targets, t_problems = resolve_targets(datasets, args.forget_labels)
+    targets, t_problems = resolve_targets(datasets, args.forget_labels, args.run_ds) if args.forget_labels != "all" \
+        else ([(n, c) for n, ds in datasets.items() for c in ds.classnames], [])  # all: e.g. retain sets
     problems += t_problems
     args.out_dir = args.out_dir or f"generated_{tag}"
-    problems += check_writable(args.out_dir)
+    problems += check_writable(args.out_dir) + check_device(args.device)
+    if model_ok and not args.overwrite:  # existing files must be this model's
+        key = run_model_key(args.backbone_arch, args.pretrained, args.seed)
+        for ds_name, classname in targets:
+            path = synthetic_path(args.out_dir, ds_name, classname)
+            try:
+                meta = read_synthetic(path)["meta"] if path.exists() else {"model_key": key}
+            except UserError as e:
+                problems.append(f"{e} (or pass --overwrite)")
+                continue
+            if meta.get("model_key") != key:
+                problems.append(f"{path} exists and was made by model '{meta.get('model_key')}', not '{key}': "
+                                "use another --out_dir, or --overwrite to replace it")
     check_all(problems)
     return datasets, targets
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.method != "faithful":  # beyond the paper: several plain runs
+        return beyond.datagen_method(main, validate, list(sys.argv[1:] if argv is None else argv), args)
     datasets, targets = validate(args)
     lm: LoadedModel = load_model(args.backbone_arch, args.pretrained, args.device, args.data_root)
-    key, size = model_key(lm) or f"{lm.tag}-random-seed{args.seed}", lm.model.visual.image_size
+    key, size = run_model_key(args.backbone_arch, args.pretrained, args.seed), lm.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     summaries, weights_cache = [], {}
     for ds_name, classname in targets:
@@ -205,13 +238,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         if ds_name not in weights_cache:
             weights_cache[ds_name] = classifier_weights(lm, ds, args.device)
         target = ds.classnames.index(classname)
-        gen = torch.Generator().manual_seed(class_seed(args.seed, ds_name, classname))
+        gen = torch.Generator().manual_seed(class_seed(args.seed if args.noise_seed is None else args.noise_seed,
+                                                       ds_name, classname))
         start = time.time()
         with tqdm(total=cfg.n_generated, desc=f"{ds_name}/{classname}", unit="img") as bar:
             res = synthesise(lm.model, weights_cache[ds_name], target, size, cfg, gen, args.device, bar)
         secs = time.time() - start
         meta = {"model_key": key, "arch": lm.tag, "pretrained": lm.pretrained, "dataset": ds_name,
                 "classname": classname, "class_index": target, "template": ds.template, "seed": args.seed,
+                **({} if args.noise_seed is None else {"noise_seed": args.noise_seed}),
                 "complete": res.complete, "n_requested": cfg.n_generated, "failed_attempts": res.failed,
                 "final_threshold": float(res.thresholds[-1]) if len(res.thresholds) else cfg.high_prob,
                 "total_steps": res.total_steps, "seconds": round(secs, 2), "config": asdict(cfg)}

@@ -39,11 +39,13 @@ def datagen_setting(arch_tag: str, dataset: str, classname: str) -> tuple[float,
     return DATAGEN_SETTINGS.get(arch_tag, {}).get(dataset, {}).get(classname)
 
 
-def resolve_targets(datasets: dict, forget_labels: str | None) -> tuple[list[tuple[str, str]], list[str]]:
+def resolve_targets(datasets: dict, forget_labels: str | None,
+                    requested: str = "") -> tuple[list[tuple[str, str]], list[str]]:
     """(dataset, class) pairs to forget, and every problem found.
 
     Without `forget_labels`, each dataset's FORGET_CLASSES; with it (comma-separated names), each
-    name is looked up among the classes of the given datasets.
+    name is looked up among the classes of the given datasets. `requested`: the --run_ds text; a
+    default class of a requested dataset that could not be read is not reported again.
     """
     from common import close_names
     targets, problems = [], []
@@ -57,12 +59,18 @@ def resolve_targets(datasets: dict, forget_labels: str | None) -> tuple[list[tup
                 else:
                     problems.append(f"{name} has no class '{c}'{close_names(c, ds.classnames)}")
         return targets, problems
-    for label in [x.strip() for x in forget_labels.split(",") if x.strip()]:
+    asked = {n.strip().lower() for n in requested.split(",")}
+    labels = list(dict.fromkeys(x.strip() for x in forget_labels.split(",") if x.strip()))
+    if not labels:
+        problems.append("--forget_labels names no class")
+    for label in labels:
         owners = [n for n, ds in datasets.items() if label in ds.classnames]
         if owners:
             targets += [(n, label) for n in owners]
             continue
         elsewhere = [n for n, cs in FORGET_CLASSES.items() if label in cs and n not in datasets]
+        if elsewhere and elsewhere[0].lower() in asked:
+            continue  # its dataset was asked for but could not be read: that problem is reported already
         if elsewhere:
             problems.append(f"class '{label}' belongs to {elsewhere[0]}, which is not in --run_ds")
         else:

@@ -55,6 +55,12 @@ def resolve_arch(arch: str) -> str:
                     f" (open_clip knows {len(known)} models: see open_clip.list_models())")
 
 
+def config_image_size(arch: str) -> int | None:
+    """The input image size of `arch`, read from its open_clip config without building the model."""
+    size = ((open_clip.get_model_config(resolve_arch(arch)) or {}).get("vision_cfg") or {}).get("image_size")
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
 def default_pretrained(arch: str) -> str:
     return "demo" if resolve_arch(arch) == DEMO else "openai"
 
@@ -93,29 +99,34 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
         logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
     if is_file:
-        load_checkpoint(model, pretrained)
+        ckpt = read_checkpoint(pretrained)
+        if isinstance(ckpt, dict) and "changed" in ckpt:  # train.py's delta: base weights + changed tensors
+            lm = load_model(arch, ckpt["pretrained"], device, data_root)
+            apply_state(lm.model, {**lm.model.state_dict(), **ckpt["changed"]}, pretrained)
+            lm.pretrained = pretrained
+            return lm
+        apply_state(model, ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt, pretrained)
     elif name == DEMO and pretrained == "demo":
         model.load_state_dict(_demo_weights(model, preprocess, tokenizer, data_root or default_data_root()))
     model = model.float().to(device).eval()
     return LoadedModel(model, preprocess, tokenizer, name, name.removesuffix("-quickgelu"), pretrained)
 
 
-def load_checkpoint(model: torch.nn.Module, path: str) -> None:
-    """Load a state dict, or an unlearned-model delta written by train.py, safely (no pickle code)."""
+def read_checkpoint(path: str):
+    """Read a checkpoint safely (weights_only: no pickled code); a broken file is a user error."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if isinstance(ckpt, dict) and "changed" in ckpt:  # delta: only the tensors unlearning touched
-        state = model.state_dict()
-        state.update(ckpt["changed"])
-        ckpt = state
-    elif isinstance(ckpt, dict) and "state_dict" in ckpt:
-        ckpt = ckpt["state_dict"]
+        why = (str(e).splitlines() or [type(e).__name__])[0]  # an empty file's error has no message
+        raise UserError(f"cannot load checkpoint {path}: {why}") from None
+
+
+def apply_state(model: torch.nn.Module, state: dict, path: str) -> None:
     try:
-        model.load_state_dict(ckpt)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0]}") from None
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"checkpoint {path} does not fit this model: {why}") from None
 
 
 def _demo_key() -> str:

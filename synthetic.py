@@ -84,25 +84,29 @@ def read_synthetic(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"no synthetic images at {path}: run datagen.py first (see README)") from None
     except Exception as e:
-        raise UserError(f"synthetic-image file {path} is corrupt or not ours: {str(e).splitlines()[0][:120]}; "
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]  # some errors have no message
+        raise UserError(f"synthetic-image file {path} is corrupt or not ours: {why}; "
                         "delete it and rerun datagen.py") from None
-    if not isinstance(data, dict) or "images" not in data or "meta" not in data:
+    if not isinstance(data, dict) or not torch.is_tensor(data.get("images")) or not isinstance(data.get("meta"), dict):
         raise UserError(f"synthetic-image file {path} is not a datagen.py file; delete it and rerun datagen.py")
     return data
 
 
-def check_synthetic(data: dict, path: Path, model_key: str, image_size: int, class_index: int) -> list[str]:
-    """Problems that make a synthetic set unusable for this model and class (empty list if fine)."""
+def check_synthetic(data: dict, path: Path, model_key: str, image_size: int | None, class_index: int) -> list[str]:
+    """Problems that make a synthetic set unusable for this model and class (empty list if fine;
+    image_size None: any size)."""
     meta, images = data["meta"], data["images"]
     problems = []
     if meta.get("model_key") != model_key:
         problems.append(f"{path} was made by model '{meta.get('model_key')}', not '{model_key}'; "
                         "rerun datagen.py for this model")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (3, image_size, image_size):
+    if images.ndim != 4 or (image_size is not None and tuple(images.shape[1:]) != (3, image_size, image_size)):
         problems.append(f"{path} holds images of shape {tuple(images.shape[1:])}, but the model takes "
                         f"(3, {image_size}, {image_size}); rerun datagen.py for this model")
     if len(images) == 0:
         problems.append(f"{path} holds no images; rerun datagen.py (lower --high_prob if no image is accepted)")
+    elif not images.is_floating_point() or not torch.isfinite(images).all():
+        problems.append(f"{path} holds non-finite or non-float pixel values; delete it and rerun datagen.py")
     if meta.get("class_index") != class_index:
         problems.append(f"{path} was made for class index {meta.get('class_index')}, not {class_index}")
     return problems

@@ -25,13 +25,14 @@ import yaml
 from tqdm import tqdm
 
 from common import REPO, UserError, add_common_args, atomic_torch_save, atomic_write_json, atomic_write_text, \
-    check_all, check_writable, class_seed, run_cli, seed_everything
+    check_all, check_device, check_writable, class_seed, run_cli, seed_everything
 from datasets import DatasetSplits, build_datasets
 from datasets.base import load_rgb
 from forget_cls import resolve_targets
-from models import LoadedModel, arch_tag, check_pretrained, load_model, resolve_arch
+from models import LoadedModel, arch_tag, check_pretrained, config_image_size, load_model, resolve_arch
 from synthetic import check_synthetic, clip_norm, model_view, read_synthetic, synthetic_path
-from zeroshot import baselines, class_figures, classifier_weights, loader, model_key, predict
+from zeroshot import baselines, class_figures, classifier_weights, loader, predict, run_model_key
+import beyond  # options beyond the paper (issue 8); all off by default
 
 ARCH_CONFIGS = REPO / "configs" / "archs"
 
@@ -213,6 +214,8 @@ def unlearn(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, 
                 epoch_start.before_change(chosen)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                if not all(torch.isfinite(p).all() for p in chosen):
+                    raise NonFiniteLoss(f"weights became non-finite at epoch {epoch} (std {std})")
                 steps += 1
                 acc = syn_accuracy()
                 if acc <= cfg.min_acc:
@@ -233,6 +236,9 @@ def unlearn(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, 
             if progress is not None:
                 progress.set_postfix(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{rec.best_acc:.3f}")
                 progress.update()
+    except NonFiniteLoss as e:
+        e.record = rec  # what happened before it (main logs it)
+        raise
     finally:
         original.restore()
         opt.zero_grad(set_to_none=True)
@@ -320,12 +326,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--accum_steps", type=int, default=d.accum_steps)
     p.add_argument("--chunk", type=int, default=d.chunk, help="noisy images per forward pass")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 4 on CUDA, 0 on CPU)")
+    beyond.add_train_args(p)
     return p.parse_args(argv)
 
 
 def validate(args: argparse.Namespace) -> tuple[dict, list]:
     """Check arguments, datasets, classes, model name and output folder before any heavy work."""
     problems = []
+    beyond.resolve_train_args(args)  # --method preset and the beyond options' defaults
     for name in ("n_samples", "max_epochs", "batch_size", "accum_steps", "chunk"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -333,31 +341,65 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         problems.append(f"--min_train_acc_stop must be in [0, 1), got {args.min_train_acc_stop}")
     if args.lr is not None and not args.lr > 0:
         problems.append(f"--lr must be positive, got {args.lr}")
-    tag = None
+    tag, n_before = None, len(problems)
     try:
         tag = arch_tag(args.backbone_arch)
         if args.pretrained:
             problems += check_pretrained(args.backbone_arch, args.pretrained)
     except UserError as e:
         problems.append(str(e))
+    model_ok = len(problems) == n_before  # the model's name and weights are valid
     datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
-    targets, t_problems = resolve_targets(datasets, args.forget_labels)
+    targets, t_problems = resolve_targets(datasets, args.forget_labels, args.run_ds)
     problems += ds_problems + t_problems
     args.output_dir = args.output_dir or f"results/results1/seed_{args.seed}"
-    args.generated_dir = args.generated_dir or f"generated_{tag}"
-    problems += check_writable(args.output_dir)
+    args.generated_dir = args.generated_dir or f"generated_{tag}{args.generated_suffix}"
+    problems += beyond.validate_train_args(args)
+    problems += check_writable(args.output_dir) + check_device(args.device)
+    if args.workers is not None and args.workers < 0:
+        problems.append(f"--workers must be at least 0, got {args.workers}")
     if args.generated_data and tag:
-        missing = [str(synthetic_path(args.generated_dir, d, c)) for d, c in targets
-                   if not synthetic_path(args.generated_dir, d, c).is_file()]
-        if missing:
-            problems.append(f"no synthetic images for {len(missing)} class(es), e.g. {missing[0]}: "
-                            f"run datagen.py first (sh datagen.sh ...) or set --generated_dir")
+        problems += check_synthetic_files(args, datasets, targets, model_ok)
+        if model_ok and not beyond.is_faithful(args):
+            problems += beyond.check_side_files(args, datasets, targets,
+                                                run_model_key(args.backbone_arch, args.pretrained, args.seed))
+    logs_path = Path(args.output_dir) / "logs.json"
+    if logs_path.is_file():  # an earlier run in this folder must have the same settings
+        try:
+            load_logs(logs_path, {k: v for k, v in vars(args).items() if not (k == "lr" and v is None)})
+        except UserError as e:
+            problems.append(str(e))
     check_all(problems)
     return datasets, targets
 
 
+def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: list, model_ok: bool) -> list[str]:
+    """Every forget class's synthetic file: present, readable, and (model_ok: the model's name and
+    weights are valid) made by this model, for its image size and class, with usable images."""
+    problems, missing = [], []
+    key = run_model_key(args.backbone_arch, args.pretrained, args.seed) if model_ok else None
+    size = config_image_size(args.backbone_arch) if model_ok else None
+    for d, c in targets:
+        path = synthetic_path(args.generated_dir, d, c)
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        try:
+            data = read_synthetic(path)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        if model_ok:
+            problems += check_synthetic(data, path, key, size, datasets[d].classnames.index(c))
+    if missing:
+        problems.insert(0, f"no synthetic images for {len(missing)} class(es), e.g. {missing[0]}: "
+                           f"run datagen.py first (sh datagen.sh ...) or set --generated_dir")
+    return problems
+
+
 SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "n_samples", "max_epochs", "min_train_acc_stop",
-                 "lr", "batch_size", "accum_steps", "seed", "debug")
+                 "lr", "batch_size", "accum_steps", "seed", "debug", "method", "objective", "hinge_margin",
+                 "retain_weight", "stop", "stop_margin", "stop_frac", "towers", "augment", "max_steps")
 
 
 def load_logs(path: Path, settings: dict) -> dict:
@@ -369,7 +411,7 @@ def load_logs(path: Path, settings: dict) -> dict:
     except json.JSONDecodeError:
         raise UserError(f"{path} is not valid JSON; move it away to start this run afresh") from None
     old = logs.get("settings", {})
-    diff = [k for k in SETTINGS_KEYS if k in old and old[k] != settings[k]]
+    diff = [k for k in SETTINGS_KEYS if k in old and k in settings and old[k] != settings[k]]
     if diff:
         raise UserError(f"{path.parent} holds a run with other settings ({', '.join(f'{k}: {old[k]} vs {settings[k]}' for k in diff)}); "
                         "use another --output_dir")
@@ -387,14 +429,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         accum_steps=args.accum_steps, n_samples=args.n_samples, max_epochs=args.max_epochs,
                         min_acc=args.min_train_acc_stop, k_v=acfg["k_v"], k_t=acfg["k_t"], inc_v=acfg["inc_v"],
                         inc_t=acfg["inc_t"], frozen=acfg["frozen"], chunk=args.chunk)
-    key = model_key(lm) or f"{lm.tag}-random-seed{args.seed}"
+    key = run_model_key(args.backbone_arch, args.pretrained, args.seed)
     out = Path(args.output_dir)
     settings = {**vars(args), "lr": cfg.lr, "model": resolve_arch(args.backbone_arch), "model_key": key,
                 "unlearn_config": asdict(cfg)}
     logs = load_logs(out / "logs.json", settings)
     atomic_write_text(out / "args.txt", json.dumps(settings, indent=1))
     before = {n: baselines(lm, ds, args.device) for n, ds in datasets.items()}
-    atomic_write_json(out / "zeroshot_before.json", before)
+    previous = out / "zeroshot_before.json"  # a rerun with other --run_ds adds to it, never drops a dataset
+    atomic_write_json(previous, {**(json.loads(previous.read_text()) if previous.is_file() else {}), **before})
     # every synthetic file is checked before the first class starts, not when its turn comes
     images = {(d, c): forget_images(args, lm, datasets[d], c, key) for d, c in targets}
     evaluator = Evaluator(lm, datasets, args.device, args.workers)
@@ -416,9 +459,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         status = "done"
         with tqdm(total=cfg.max_epochs, desc=f"{ds_name}/{classname}", unit="epoch") as bar:
             try:
-                best, rec = unlearn(model, x, tokens, syn_accuracy, cfg, gen, bar)
+                best, rec = unlearn(model, x, tokens, syn_accuracy, cfg, gen, bar) if beyond.is_faithful(args) \
+                    else beyond.unlearn_class(args, lm, cfg, ds, classname, x, tokens, syn_accuracy, gen, bar)
             except NonFiniteLoss as e:
-                best, rec, status = {}, UnlearnRecord(), f"error: {e}; this class keeps the original model"
+                best, rec = {}, getattr(e, "record", UnlearnRecord())
+                status = f"error: {e}; this class keeps the original model"
         state = model.state_dict()
         original = {n: state[n].clone() for n in best}
         for n, t in best.items():  # evaluate the best model ...
@@ -435,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         secs = time.time() - start
         record = {"summary": {"epochs": rec.epochs, "rollbacks": rec.rollbacks, "steps": rec.steps,
                               "acc_syn_before": rec.acc_before, "best_std": rec.best_std,
-                              "changed_tensors": sorted(best), "seconds": round(secs, 1), "status": status},
+                              "changed_tensors": sorted(best), "seconds": round(secs, 1), "status": status,
+                              **({"trace": rec.trace} if hasattr(rec, "trace") else {})},
                   **rec.by_std, "final_results": final}
         logs.setdefault(ds_name, {})[classname] = record
         atomic_write_json(out / "logs.json", logs)  # after every class: an interruption loses nothing finished

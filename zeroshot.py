@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import open_clip
@@ -19,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import REPO, UserError, atomic_write_json, cache_dir, check_all, default_data_root, \
-    default_device, run_cli, seed_everything
-from datasets import DatasetSplits, ImageDataset, build_dataset, dataset_config
-from models import LoadedModel, demo_weights_path, load_model
+from common import REPO, UserError, atomic_write_json, cache_dir, check_all, check_device, check_writable, \
+    default_data_root, default_device, run_cli, seed_everything
+from datasets import DatasetSplits, ImageDataset, build_datasets
+from models import LoadedModel, arch_tag, check_pretrained, default_pretrained, demo_weights_path, load_model
 
 EVAL_SCALE = 100.0  # the paper's fixed logit scale for evaluation (not the model's learned one)
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "reference"  # the paper's published zero-shot figures
 
 
 @torch.no_grad()
@@ -61,9 +62,16 @@ def predict(model: torch.nn.Module, data, weights: torch.Tensor, device: str,
     """Predicted and true labels over a DataLoader of (image, label) batches."""
     model.eval()
     preds, labels = [], []
-    for x, y in tqdm(data, desc=desc, leave=False, disable=desc is None):
-        preds.append(logits(model, x.to(device), weights).argmax(-1).cpu())
-        labels.append(y)
+    batches = iter(data)
+    try:
+        for x, y in tqdm(batches, desc=desc, leave=False, disable=desc is None):
+            preds.append(logits(model, x.to(device), weights).argmax(-1).cpu())
+            labels.append(y)
+    except BaseException:
+        # e.g. an unreadable image in a worker: stop the workers now; left to the garbage collector
+        # (the error's traceback keeps them alive), their shutdown stalls for 5 s
+        getattr(batches, "_shutdown_workers", lambda: None)()
+        raise
     return torch.cat(preds), torch.cat(labels)
 
 
@@ -94,12 +102,22 @@ def model_key(lm: LoadedModel) -> str | None:
     return f"{lm.tag}-{lm.pretrained}"
 
 
-def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str) -> dict[str, dict[str, float]]:
+def run_model_key(arch: str, pretrained: str | None, seed: int) -> str:
+    """The key synthetic files and results are tagged with: model_key of the model that
+    load_model(arch, pretrained) builds, derived from the names alone (nothing is built), or
+    '<tag>-random-seed<seed>' for random weights."""
+    tag, pretrained = arch_tag(arch), pretrained or default_pretrained(arch)
+    return model_key(SimpleNamespace(tag=tag, pretrained=pretrained)) or f"{tag}-random-seed{seed}"
+
+
+def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str,
+                      batch_size: int = 256) -> dict[str, dict[str, float]]:
     """Per class: cls_acc_test, no_cls_acc, acc_train, full_acc — the reference files' format."""
     w = classifier_weights(lm, ds, device)
     k = len(ds.classnames)
-    test_p, test_y = predict(lm.model, loader(ds.test, lm.preprocess, device), w, device, f"{ds.name} test")
-    train_p, train_y = predict(lm.model, loader(ds.train, lm.preprocess, device), w, device, f"{ds.name} train")
+    test_p, test_y = predict(lm.model, loader(ds.test, lm.preprocess, device, batch_size), w, device, f"{ds.name} test")
+    train_p, train_y = predict(lm.model, loader(ds.train, lm.preprocess, device, batch_size), w, device,
+                               f"{ds.name} train")
     train_acc = per_class_accuracy(train_p, train_y, k)
     out = {}
     for i, name in enumerate(ds.classnames):
@@ -109,13 +127,13 @@ def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str) -> dict[s
     return out
 
 
-def baselines(lm: LoadedModel, ds: DatasetSplits, device: str) -> dict[str, dict[str, float]]:
+def baselines(lm: LoadedModel, ds: DatasetSplits, device: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
     """compute_baselines, cached as JSON per (model, dataset) under the cache folder."""
     key = model_key(lm)
     path = cache_dir() / "zeroshot" / f"{key}" / f"{ds.name}.json"
     if key and path.is_file():
         return json.loads(path.read_text())
-    out = compute_baselines(lm, ds, device)
+    out = compute_baselines(lm, ds, device, batch_size)
     if key:
         atomic_write_json(path, out)
     return out
@@ -150,28 +168,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data_root", default=default_data_root())
     p.add_argument("--device", default=default_device())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=256,
+                   help="images per forward pass (lower it if out of GPU memory)")
     p.add_argument("--out", default=None, help="write the per-class figures to this JSON file")
     p.add_argument("--compare", nargs="?", const="auto", default=None,
-                   help="print differences > 0.01 from the paper's figures (shared/reference) or from FILE")
+                   help="print differences > 0.01 from the paper's figures (reference/) or from FILE")
     return p.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> dict[str, DatasetSplits]:
+    """Check datasets, model, device and output files before loading anything; report all problems."""
+    problems = check_device(args.device)
+    if args.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+    tag = None
+    try:
+        tag = arch_tag(args.backbone_arch)
+        if args.pretrained:
+            problems += check_pretrained(args.backbone_arch, args.pretrained)
+    except UserError as e:
+        problems.append(str(e))
+    datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
+    problems += ds_problems
+    if args.out:
+        problems += [f"--out {args.out} is a folder, not a file"] if Path(args.out).is_dir() \
+            else check_writable(Path(args.out).parent)
+    if args.compare and (tag or args.compare != "auto"):
+        ref = Path(args.compare) if args.compare != "auto" else REFERENCE / f"zeroshot_openai_{tag}.json"
+        if not ref.is_file():
+            problems.append(f"no reference file {ref} (--compare)")
+    check_all(problems)
+    return datasets
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    names = [n.strip() for n in args.run_ds.split(",") if n.strip()]
-    problems = []
-    for n in names:
-        try:
-            dataset_config(n)
-        except UserError as e:
-            problems.append(str(e))
-    check_all(problems)
+    datasets = validate(args)
     seed_everything(args.seed)
-    datasets = [build_dataset(n, args.data_root) for n in names]
     lm = load_model(args.backbone_arch, args.pretrained, args.device, args.data_root)
     results = {}
-    for ds in datasets:
-        results[ds.name] = baselines(lm, ds, args.device)
+    for ds in datasets.values():
+        results[ds.name] = baselines(lm, ds, args.device, args.batch_size)
         full = next(iter(results[ds.name].values()))["full_acc"]
         print(f"{lm.tag} {ds.name}: zero-shot test accuracy {full:.4f} ({len(ds.test)} images, "
               f"{len(ds.classnames)} classes)")

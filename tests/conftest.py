@@ -36,3 +36,26 @@ def digits(data_root):
 def shapes(data_root):
     from datasets import build_dataset
     return build_dataset("Shapes", data_root)
+
+
+N_GENERATED = 16  # synthetic images per class in tests (64 in real runs)
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory, demo, data_root):
+    """datagen.py run once on the demo forget classes: (folder, metadata per class)."""
+    import datagen
+    out = tmp_path_factory.mktemp("generated")
+    metas = datagen.main(["--out_dir", str(out), "--n_generated", str(N_GENERATED), "--data_root", data_root,
+                          "--device", "cpu"])
+    return out, metas
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, generated, data_root):
+    """train.py run once on the demo forget classes: (results folder, logs)."""
+    import train
+    out = tmp_path_factory.mktemp("results") / "seed_0"
+    logs = train.main(["--output_dir", str(out), "--generated_dir", str(generated[0]), "--n_samples", "5",
+                       "--data_root", data_root, "--device", "cpu"])
+    return out, logs

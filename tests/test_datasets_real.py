@@ -21,7 +21,7 @@ from datasets import ImageDataset, build_dataset, dataset_config
 from datasets.base import load_rgb
 from forget_cls import FORGET_CLASSES
 
-REFERENCE = json.loads((REPO.parent / "shared" / "reference" / "zeroshot_openai_RN50.json").read_text())
+REFERENCE = json.loads((REPO / "reference" / "zeroshot_openai_RN50.json").read_text())
 REAL = ["StanfordDogs", "StanfordCars", "Caltech101", "OxfordFlowers"]
 SPLITS = ("train", "val", "test")
 CALTECH_RENAMED = {"airplane": "airplanes", "face": "Faces", "leopard": "Leopards", "motorbike": "Motorbikes"}

@@ -16,7 +16,7 @@ from clip_forget_utils import aggregate_seeds, compute_avg_gain, create_results,
 from common import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "reference"
+SHARED = REPO / "reference"
 PAPER_DS = ["StanfordDogs", "StanfordCars", "Caltech101", "OxfordFlowers"]
 
 
@@ -66,7 +66,7 @@ PAPER_AFTER = {  # (ds, class): (after figures of the forget dataset, after full
 
 @pytest.fixture
 def paper_run(tmp_path) -> Path:
-    """A logs.json in the paper's schema: no summary, no 'improved'; before figures from shared/reference."""
+    """A logs.json in the paper's schema: no summary, no 'improved'; before figures from reference/."""
     logs: dict = {"settings": {"backbone_arch": "RN50"}}
     stds = {("StanfordDogs", "Pekinese"): ["0.1", "0.3", "0.5"], ("StanfordDogs", "toy poodle"): ["0.1"],
             ("StanfordCars", "2009 Spyker C8 Coupe"): [], ("Caltech101", "minaret"): ["0.1", "0.3"],

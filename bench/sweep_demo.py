@@ -1,0 +1,220 @@
+"""Sweep of the beyond-the-paper options over the demo world (issue 8).
+
+For each seed: synthesise the forget sets the faithful way (datagen.py) and the improved way
+(datagen.py --method improved: confident images + held-out + retain sets), then run train.py
+once per setting on every chosen forget class, and measure the real accuracy of
+  forget = the forget class's images, rest = the other classes of its dataset, other = the other dataset,
+on the VAL split (to choose settings: the forget class's val images are only measured, never
+trained on) and on the TEST split (to report), plus the paper's score (compute_avg_gain, test).
+
+    .venv/bin/python bench/sweep_demo.py                       # demo classes (three, star), 3 seeds
+    .venv/bin/python bench/sweep_demo.py --classes seven,one,circle,heart --settings faithful,improved
+
+Writes bench/out/sweep/runs.csv (one row per setting, class, seed), summary.md / summary.csv
+(mean +- std over classes and seeds per setting and class group) and tradeoff.png.
+Finished (setting, seed) runs are reused: delete bench/out/sweep/runs/<setting> to redo one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import datagen  # noqa: E402
+import train  # noqa: E402
+from clip_forget_utils import compute_avg_gain, create_results  # noqa: E402
+from datasets import build_dataset  # noqa: E402
+from datasets.base import load_rgb  # noqa: E402
+from models import load_checkpoint, load_model  # noqa: E402
+from zeroshot import classifier_weights, logits  # noqa: E402
+
+OUT = REPO / "bench" / "out" / "sweep"
+DEMO_CLASSES = ["three", "star"]
+OTHER_CLASSES = ["seven", "one", "circle", "heart"]
+# setting name -> (synthetic sets: "faithful" | "improved", train.py options)
+SETTINGS: dict[str, tuple[str, list[str]]] = {
+    "faithful": ("faithful", []),
+    # the paper's loop on confident images: does the data alone fix it?
+    "lipschitz_confident": ("improved", ["--generated_dir", "{gen}"]),
+    # the paper's loop with the held-out margin stop
+    "lipschitz_marginstop": ("improved", ["--stop", "margin", "--generated_dir", "{gen}"]),
+    # the hinge on the paper's borderline images
+    "hinge_borderline": ("faithful", ["--objective", "hinge", "--stop", "acc", "--lr", "2e-4"]),
+    # hinge on confident images, per tower
+    "hinge_both": ("improved", ["--method", "improved", "--towers", "both", "--retain_weight", "0", "--augment", "0"]),
+    "hinge_image": ("improved", ["--method", "improved", "--towers", "image", "--retain_weight", "0", "--augment", "0"]),
+    "hinge_text": ("improved", ["--method", "improved", "--retain_weight", "0", "--augment", "0"]),
+    "hinge_text_aug": ("improved", ["--method", "improved", "--retain_weight", "0"]),
+    "hinge_text_retain": ("improved", ["--method", "improved", "--augment", "0"]),
+    "hinge_both_retain_aug": ("improved", ["--method", "improved", "--towers", "both"]),
+    "hinge_image_retain_aug": ("improved", ["--method", "improved", "--towers", "image"]),
+    "lipschitz+hinge_text": ("improved", ["--method", "improved", "--objective", "lipschitz+hinge"]),
+    "improved": ("improved", ["--method", "improved"]),
+}
+
+
+def quiet(fn, *args):
+    """Run fn(*args) with its stdout/stderr (progress bars) captured; return (result, captured text)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        out = fn(*args)
+    return out, buf.getvalue()
+
+
+def generate(kind: str, seed: int, pairs: list[tuple[str, str]]) -> Path:
+    gen = OUT / "gen" / kind / f"s{seed}"
+    labels = ",".join(c for _, c in pairs)
+    argv = ["--backbone_arch", "demo", "--run_ds", "Digits,Shapes", "--paper_settings", "1", "--seed", str(seed),
+            "--forget_labels", labels, "--out_dir", str(gen), "--device", "cpu"]
+    if kind == "improved":
+        argv += ["--method", "improved"]
+    quiet(datagen.main, argv)
+    return gen
+
+
+class ValEvaluator:
+    """Real accuracy of a changed model on the val split (forget class / rest / other dataset)."""
+
+    def __init__(self):
+        self.lm = load_model("demo", device="cpu")
+        self.ds = {n: build_dataset(n, str(REPO / "data")) for n in ("Digits", "Shapes")}
+        self.x = {n: torch.stack([self.lm.preprocess(load_rgb(d.impath)) for d in ds.val]) for n, ds in self.ds.items()}
+        self.y = {n: torch.tensor([d.label for d in ds.val]) for n, ds in self.ds.items()}
+        self.state = {k: v.clone() for k, v in self.lm.model.state_dict().items()}
+
+    @torch.no_grad()
+    def __call__(self, delta: Path, ds_name: str, classname: str) -> dict:
+        self.lm.model.load_state_dict(self.state)
+        if delta.is_file():
+            load_checkpoint(self.lm.model, str(delta))
+        out = {}
+        for n, ds in self.ds.items():
+            p = logits(self.lm.model, self.x[n], classifier_weights(self.lm, ds, "cpu")).argmax(-1)
+            y = self.y[n]
+            if n == ds_name:
+                i = ds.classnames.index(classname)
+                out["val_forget"] = (p[y == i] == i).float().mean().item()
+                out["val_rest"] = (p[y != i] == y[y != i]).float().mean().item()
+            else:
+                out["val_other"] = (p == y).float().mean().item()
+        self.lm.model.load_state_dict(self.state)
+        return out
+
+
+def run_setting(name: str, seed: int, pairs, gens: dict, val: ValEvaluator) -> list[dict]:
+    kind, opts = SETTINGS[name]
+    run_dir = OUT / "runs" / name / f"s{seed}"
+    argv = ["--backbone_arch", "demo", "--run_ds", "Digits,Shapes", "--seed", str(seed), "--n_samples", "25",
+            "--forget_labels", ",".join(c for _, c in pairs), "--output_dir", str(run_dir), "--save_best_model", "1",
+            "--device", "cpu", "--generated_dir", str(gens[kind])]
+    argv += [o.replace("{gen}", str(gens[kind])) for o in opts]
+    start = time.time()
+    quiet(train.main, argv)
+    logs = json.loads((run_dir / "logs.json").read_text())
+    df, _ = create_results(run_dir, all_res=True)
+    df["score"] = compute_avg_gain(df)
+    rows = []
+    for ds_name, classname in pairs:
+        r = df[(df.ds == ds_name) & (df.name == classname)].iloc[0]
+        other = "Shapes" if ds_name == "Digits" else "Digits"
+        summary = logs[ds_name][classname]["summary"]
+        rows.append({"setting": name, "ds": ds_name, "cls": classname, "seed": seed,
+                     "group": "demo" if classname in DEMO_CLASSES else "other",
+                     "forget_before": r.cls_Noforget, "forget": r.cls_forget, "rest_before": r.full_Noforget,
+                     "rest": r.full_forget, "other_before": r[f"full_{other}"], "other": r[f"res_{other}"],
+                     "score": r.score, "syn_after": r.acc_val_hard, "seconds": summary["seconds"],
+                     "steps": summary["steps"],
+                     **val(run_dir / "models" / ds_name / f"{classname}.pt", ds_name, classname)})
+    print(f"  {name} seed {seed}: {time.time() - start:.0f} s", flush=True)
+    return rows
+
+
+def summarise(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    runs = runs.assign(d_rest=runs.rest - runs.rest_before, d_other=runs.other - runs.other_before)
+    cols = ["forget", "d_rest", "d_other", "score", "val_forget", "val_rest", "val_other", "seconds"]
+    g = runs.groupby(["group", "setting"], sort=False)[cols]
+    mean, std = g.mean(), g.std(ddof=0)
+    out = pd.DataFrame(index=mean.index)
+    for c in cols:
+        out[c] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[c], std[c])]
+    out["n"] = g.size()
+    out["meets_target"] = (mean.forget <= 0.10) & (mean.d_rest >= -0.05) & (mean.d_other >= -0.02)
+    out = out.reset_index()
+    out["_o"] = out.setting.map({s: i for i, s in enumerate(order)})
+    return out.sort_values(["group", "_o"]).drop(columns="_o")
+
+
+def plot(runs: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4.5))
+    for ax, col, title in zip(fig.subplots(1, 2), ["rest", "other"], ["rest of its dataset", "other dataset"]):
+        m = runs.groupby("setting").agg(forget=("forget", "mean"), kept=(col, "mean"),
+                                        before=(f"{col}_before", "mean"))
+        for s, r in m.iterrows():
+            ax.scatter(r.forget, r.kept, s=40, marker="*" if s in ("faithful", "improved") else "o")
+            ax.annotate(s, (r.forget, r.kept), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axvline(0.10, ls="--", c="grey", lw=0.8)
+        ax.axhline(m.before.mean() - (0.05 if col == "rest" else 0.02), ls="--", c="grey", lw=0.8)
+        ax.set_xlabel("real forget-class test accuracy (lower = forgotten)")
+        ax.set_ylabel(f"test accuracy, {title}")
+        ax.set_title(f"forget vs {title} (mean over classes, seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classes", default=",".join(DEMO_CLASSES), help="forget classes (Digits or Shapes)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"any of {', '.join(SETTINGS)}")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in names if s not in SETTINGS]
+    if unknown:
+        sys.exit(f"unknown settings {unknown}; known: {list(SETTINGS)}")
+    shapes = build_dataset("Shapes", str(REPO / "data")).classnames
+    pairs = [("Shapes" if c in shapes else "Digits", c) for c in args.classes.split(",")]
+    val = ValEvaluator()
+    csv = OUT / "runs.csv"
+    old = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        t = time.time()
+        kinds = {SETTINGS[n][0] for n in names}
+        gens = {k: generate(k, seed, pairs) for k in sorted(kinds)}
+        print(f"seed {seed}: synthetic sets ready ({time.time() - t:.0f} s)", flush=True)
+        for name in names:
+            rows += run_setting(name, seed, pairs, gens, val)
+    new = pd.DataFrame(rows)
+    if len(old):  # keep the rows of other (setting, class, seed) runs
+        key = ["setting", "cls", "seed"]
+        old = old[~old.set_index(key).index.isin(new.set_index(key).index)]
+    runs = pd.concat([old, new], ignore_index=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(csv, index=False)
+    order = list(SETTINGS)
+    summary = summarise(runs, order)
+    summary.to_csv(OUT / "summary.csv", index=False)
+    (OUT / "summary.md").write_text(
+        "Mean ± std over classes and seeds. forget: real forget-class test accuracy; d_rest / d_other: change of "
+        "the test accuracy of the rest of its dataset / the other dataset; score: the paper's (lower is better); "
+        "val_*: the same on the val split (used to choose settings). Target: forget <= 0.10, d_rest >= -0.05, "
+        "d_other >= -0.02.\n\n" + summary.to_markdown(index=False) + "\n")
+    plot(runs, OUT / "tradeoff.png")
+    print(summary.to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()

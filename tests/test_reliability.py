@@ -1,0 +1,552 @@
+"""Reliability (issue 7): bad input is refused before any work, in one go, one line per problem;
+interrupted runs lose nothing; the same seed gives the same results; files are loaded safely.
+
+Every bad-input test asserts the exact message, the exit code and that no existing result or
+synthetic file changed. Most run the script's main() in-process through common.run_cli (the same
+path as the command line, without paying the imports again); a few run the real scripts.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import clip_forget_utils
+import datagen
+import train
+import zeroshot
+from common import REPO, UserError, _atomic, atomic_write_json, check_writable, run_cli
+from models import load_model
+from synthetic import read_synthetic, synthetic_path
+from zeroshot import run_model_key
+
+LABELS = "three,star"  # Digits/three, then Shapes/star
+N_GEN = 16
+DEMO_KEY = run_model_key("demo", None, 0)
+# One CPU thread everywhere (in-process and in the scripts): on a shared machine, OpenMP threads
+# competing for cores make these small models many times slower, and results on CPU are only
+# bit-identical between runs with the same number of threads.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+# ---------------------------------------------------------------- shared runs (once per session)
+@pytest.fixture(scope="session")
+def gen(tmp_path_factory, data_root) -> Path:
+    """datagen.py on the three demo forget classes."""
+    out = tmp_path_factory.mktemp("rel_generated")
+    with one_thread():
+        datagen.main(["--out_dir", str(out), "--forget_labels", LABELS, "--n_generated", str(N_GEN),
+                      "--data_root", data_root, "--device", "cpu"])
+    return out
+
+
+def train_argv(gen: Path, out: Path, data_root: str, labels: str = LABELS, *extra: str) -> list[str]:
+    return ["--generated_dir", str(gen), "--output_dir", str(out), "--forget_labels", labels, "--n_samples", "5",
+            "--data_root", data_root, "--device", "cpu", "--save_best_model", "1", *extra]
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory, gen, data_root) -> Path:
+    """An uninterrupted train.py run on the three classes (the reference for resume and bad input)."""
+    out = tmp_path_factory.mktemp("rel_results") / "seed_0"
+    with one_thread():
+        train.main(train_argv(gen, out, data_root))
+    return out
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below `folder`."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def cli(main, argv, capsys) -> tuple[int, list[str], str]:
+    """Run main through run_cli as the command line does: (exit code, 'error:' lines, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    return e.value.code, [ln for ln in err.splitlines() if ln.startswith("error:")], err
+
+
+def refused(main, argv, capsys, expected: list[str], *folders: Path) -> None:
+    """main(argv) exits with 2, prints exactly the `expected` error lines, no traceback, and
+    changes no file in `folders`."""
+    before = [tree(f) for f in folders]
+    code, lines, err = cli(main, argv, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.splitlines() == lines == [f"error: {e}" for e in expected], err  # nothing else on stderr
+    assert [tree(f) for f in folders] == before
+
+
+@pytest.fixture
+def out(run, tmp_path) -> Path:
+    """A copy of the finished run: every bad-input run points at it, and must leave it alone."""
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
+
+
+@pytest.fixture
+def gen_copy(gen, tmp_path) -> Path:
+    dst = tmp_path / "gen"
+    shutil.copytree(gen, dst)
+    return dst
+
+
+def copy_digits(data_root: str, tmp_path: Path) -> Path:
+    """A new data root with a private copy of the demo Digits dataset (Shapes: a link to the real one)."""
+    root = tmp_path / "data"
+    shutil.copytree(Path(data_root) / "digits", root / "digits")
+    (root / "shapes").symlink_to(Path(data_root).resolve() / "shapes")
+    return root
+
+
+# ---------------------------------------------------------------- bad input: names
+def test_unknown_dataset(gen, out, data_root, capsys):
+    refused(train.main, train_argv(gen, out, data_root, "three", "--run_ds", "Digits,Shapez"), capsys,
+            ["unknown dataset 'Shapez'; did you mean: Shapes? (known: Caltech101, Digits, OxfordFlowers, "
+             "Shapes, StanfordCars, StanfordDogs)"], out, gen)
+
+
+def test_class_with_a_typo_suggests_the_close_name(gen, out, data_root, capsys):
+    refused(train.main, train_argv(gen, out, data_root, "thre,star"), capsys,
+            ["unknown class 'thre' in Digits, Shapes; did you mean: three?"], out, gen)
+
+
+def test_class_of_another_dataset(gen, out, data_root, capsys):
+    refused(train.main, train_argv(gen, out, data_root, "star", "--run_ds", "Digits"), capsys,
+            ["class 'star' belongs to Shapes, which is not in --run_ds"], out, gen)
+
+
+def test_unknown_model(gen, out, data_root, capsys):
+    refused(train.main, train_argv(gen, out, data_root, LABELS, "--backbone_arch", "RN5O"), capsys,
+            ["unknown model 'RN5O'; did you mean: RN50, RN50x4? (open_clip knows "
+             f"{len(__import__('open_clip').list_models())} models: see open_clip.list_models())",
+             f"{out} holds a run with other settings (backbone_arch: demo vs RN5O); use another --output_dir"],
+            out, gen)
+
+
+@pytest.mark.parametrize("n", ["0", "-2"])
+def test_n_samples_not_positive(n, gen, out, data_root, capsys):
+    refused(train.main, train_argv(gen, out, data_root, LABELS, "--n_samples", n), capsys,
+            [f"--n_samples must be at least 1, got {n}",
+             f"{out} holds a run with other settings (n_samples: 5 vs {n}); use another --output_dir"], out, gen)
+
+
+def test_threshold_outside_0_1(gen_copy, data_root, capsys):
+    refused(datagen.main, ["--out_dir", str(gen_copy), "--forget_labels", LABELS, "--data_root", data_root,
+                           "--high_prob", "1.5", "--min_prob", "0"], capsys,
+            ["--high_prob must be in (0, 1), got 1.5", "--min_prob must be in (0, 1), got 0.0"], gen_copy)
+
+
+def test_no_device(gen, out, data_root, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    refused(train.main, train_argv(gen, out, data_root, LABELS, "--device", "cuda"), capsys,
+            ["--device cuda: no CUDA GPU is available here; use --device cpu"], out, gen)
+
+
+# ---------------------------------------------------------------- bad input: data
+def test_missing_data_root(gen, out, data_root, tmp_path, capsys):
+    nowhere = tmp_path / "nowhere"
+    refused(train.main, train_argv(gen, out, data_root, "Pekinese", "--run_ds", "StanfordDogs",
+                                   "--data_root", str(nowhere)), capsys,
+            [f"data root {nowhere} does not exist; see DATASETS.md"], out, gen)
+    assert not nowhere.exists()
+
+
+def test_missing_split_file(gen, out, data_root, tmp_path, capsys):
+    root = tmp_path / "data" / "stanford_dogs"
+    root.mkdir(parents=True)
+    split = root / "split_alexey_stanford_dogs.json"
+    refused(train.main, train_argv(gen, out, data_root, "Pekinese", "--run_ds", "StanfordDogs",
+                                   "--data_root", str(tmp_path / "data")), capsys,
+            [f"StanfordDogs: split file {split} not found, and {root / 'lists' / 'train_list.mat'} to build it "
+             "from is missing too; see DATASETS.md"], out, gen)
+
+
+def test_split_entry_with_missing_image(gen, out, data_root, tmp_path, capsys):
+    root = copy_digits(data_root, tmp_path)
+    split = root / "digits" / "split_digits.json"
+    rel = json.loads(split.read_text())["test"][5][0]
+    (root / "digits" / "images" / rel).unlink()
+    refused(train.main, train_argv(gen, out, data_root, "three", "--run_ds", "Digits", "--data_root", str(root)),
+            capsys, [f"Digits: image listed in {split} is missing: {root / 'digits' / 'images' / rel}; "
+                     "see DATASETS.md"], out, gen)
+
+
+def test_unreadable_image_in_a_dataloader_worker(run, gen, data_root, tmp_path, capsys):
+    """Found only when read (here in a DataLoader worker, after unlearning): still one clean line,
+    and the classes already in logs.json stay as they were."""
+    root = copy_digits(data_root, tmp_path)
+    split = json.loads((root / "digits" / "split_digits.json").read_text())
+    bad = root / "digits" / "images" / split["test"][3][0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    logs = json.loads((out / "logs.json").read_text())
+    del logs["Digits"]["three"]  # three must be run again, and its evaluation reads the bad image
+    (out / "logs.json").write_text(json.dumps(logs))
+    kept = {k: v for k, v in tree(out).items() if k != "args.txt"}  # args.txt records the new data root
+    code, lines, err = cli(train.main, train_argv(gen, out, data_root, "three", "--data_root", str(root),
+                                                  "--workers", "1"), capsys)
+    assert code == 2 and "Traceback" not in err and "Original" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read image {bad}: "), err
+    assert lines[0].endswith("; see DATASETS.md")
+    assert {k: v for k, v in tree(out).items() if k != "args.txt"} == kept
+
+
+# ---------------------------------------------------------------- bad input: synthetic files
+def test_truncated_pt(gen_copy, out, data_root, capsys):
+    path = synthetic_path(gen_copy, "Shapes", "star")
+    path.write_bytes(path.read_bytes()[:500])
+    code, lines, err = cli(train.main, train_argv(gen_copy, out, data_root), capsys)
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert re.fullmatch(rf"error: synthetic-image file {re.escape(str(path))} is corrupt or not ours: .+; "
+                        r"delete it and rerun datagen\.py", lines[0])
+
+
+def test_pt_of_another_model_and_image_size(gen_copy, out, data_root, capsys):
+    """Both found from the file alone: the model is never built."""
+    p3, p7 = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "star")
+    data = read_synthetic(p3)
+    data["meta"]["model_key"] = "RN50-openai"
+    torch.save(data, p3)
+    data = read_synthetic(p7)
+    data["images"] = torch.nn.functional.interpolate(data["images"], size=64)
+    torch.save(data, p7)
+    refused(train.main, train_argv(gen_copy, out, data_root), capsys,
+            [f"{p3} was made by model 'RN50-openai', not '{DEMO_KEY}'; rerun datagen.py for this model",
+             f"{p7} holds images of shape (3, 64, 64), but the model takes (3, 32, 32); "
+             "rerun datagen.py for this model"], out, gen_copy)
+
+
+def test_empty_synthetic_files(gen_copy, out, data_root, capsys):
+    p3, p7 = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "star")
+    data = read_synthetic(p3)
+    data["images"] = data["images"][:0]
+    torch.save(data, p3)
+    p7.write_bytes(b"")  # an empty file
+    code, lines, err = cli(train.main, train_argv(gen_copy, out, data_root), capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[0] == f"error: {p3} holds no images; rerun datagen.py (lower --high_prob if no image is accepted)"
+    assert len(lines) == 2 and lines[1].startswith(f"error: synthetic-image file {p7} is corrupt or not ours: ")
+
+
+def test_non_finite_synthetic_images(gen_copy, out, data_root, capsys):
+    p = synthetic_path(gen_copy, "Shapes", "star")
+    data = read_synthetic(p)
+    data["images"][0, 0, 0, 0] = float("inf")
+    torch.save(data, p)
+    refused(train.main, train_argv(gen_copy, out, data_root), capsys,
+            [f"{p} holds non-finite or non-float pixel values; delete it and rerun datagen.py"], out, gen_copy)
+
+
+def test_missing_synthetic_file(gen_copy, out, data_root, capsys):
+    p = synthetic_path(gen_copy, "Shapes", "star")
+    p.unlink()
+    refused(train.main, train_argv(gen_copy, out, data_root), capsys,
+            [f"no synthetic images for 1 class(es), e.g. {p}: run datagen.py first (sh datagen.sh ...) "
+             "or set --generated_dir"], out, gen_copy)
+
+
+def test_datagen_refuses_an_existing_file_of_another_model_before_loading(gen_copy, data_root, capsys):
+    p = synthetic_path(gen_copy, "Digits", "three")
+    data = read_synthetic(p)
+    data["meta"]["model_key"] = "RN50-openai"
+    torch.save(data, p)
+    refused(datagen.main, ["--out_dir", str(gen_copy), "--forget_labels", LABELS, "--data_root", data_root],
+            capsys, [f"{p} exists and was made by model 'RN50-openai', not '{DEMO_KEY}': use another --out_dir, "
+                     "or --overwrite to replace it"], gen_copy)
+
+
+# ---------------------------------------------------------------- bad input: output folders
+def test_output_folder_not_writable(gen, out, data_root, tmp_path, capsys):
+    """As root os.access says yes to everything: a folder below a regular file really cannot be made."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    target = blocker / "seed_0"
+    refused(train.main, train_argv(gen, target, data_root), capsys,
+            [f"output folder {target} cannot be created: {blocker} is a file, not a folder"], out, gen)
+    refused(datagen.main, ["--out_dir", str(target), "--data_root", data_root], capsys,
+            [f"output folder {target} cannot be created: {blocker} is a file, not a folder"], gen)
+    assert blocker.read_text() == "not a folder"
+    assert check_writable(tmp_path / "new" / "deeper") == [] and not (tmp_path / "new").exists()
+
+
+def test_earlier_run_with_other_settings_or_corrupt_logs(gen, out, data_root, capsys):
+    refused(train.main, train_argv(gen, out, data_root, LABELS, "--max_epochs", "3"), capsys,
+            [f"{out} holds a run with other settings (max_epochs: 30 vs 3); use another --output_dir"], out, gen)
+    (out / "logs.json").write_text('{"Digits": {"three"')
+    refused(train.main, train_argv(gen, out, data_root), capsys,
+            [f"{out / 'logs.json'} is not valid JSON; move it away to start this run afresh"], out, gen)
+
+
+def test_zeroshot_and_results_cli(tmp_path, data_root, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    refused(zeroshot.main, ["--backbone_arch", "ViT-B/61", "--run_ds", "Digits,Foo", "--data_root", data_root,
+                            "--out", str(blocker / "z.json"), "--batch_size", "0"], capsys,
+            ["--batch_size must be at least 1, got 0",
+             "unknown model 'ViT-B/61'; did you mean: ViT-B/16, ViT-B-16, ViT-bigG-14? (open_clip knows "
+             f"{len(__import__('open_clip').list_models())} models: see open_clip.list_models())",
+             "unknown dataset 'Foo' (known: Caltech101, Digits, OxfordFlowers, Shapes, StanfordCars, StanfordDogs)",
+             f"output folder {blocker} cannot be created: {blocker} is a file, not a folder"], tmp_path)
+    refused(clip_forget_utils.main, [str(tmp_path / "nope")], capsys,
+            [f"results folder {tmp_path / 'nope'} not found"], tmp_path)
+
+
+# ---------------------------------------------------------------- the real scripts
+def test_scripts_exit_2_with_every_problem_in_one_go(gen, out, data_root, tmp_path):
+    """The command lines themselves (run in parallel to save time): exit code 2, one line per problem."""
+    before, gen_before = tree(out), tree(gen)
+    procs = {
+        "train": [sys.executable, "train.py", *train_argv(gen, out, data_root, "thre,star"),
+                  "--run_ds", "Digits,Shapes,Cars", "--n_samples", "0", "--min_train_acc_stop", "1.5"],
+        "datagen": [sys.executable, "datagen.py", "--out_dir", str(gen), "--data_root", data_root,
+                    "--high_prob", "1.5", "--backbone_arch", "RN5O"],
+    }
+    running = {k: subprocess.Popen(v, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for k, v in procs.items()}
+    results = {k: (p.wait(timeout=120), p.stderr.read()) for k, p in running.items()}
+    code, err = results["train"]
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines() == [
+        "error: --n_samples must be at least 1, got 0",
+        "error: --min_train_acc_stop must be in [0, 1), got 1.5",
+        "error: unknown dataset 'Cars'; did you mean: StanfordCars? (known: Caltech101, Digits, OxfordFlowers, Shapes, "
+        "StanfordCars, StanfordDogs)",
+        "error: unknown class 'thre' in Digits, Shapes; did you mean: three?",
+        f"error: {out} holds a run with other settings (n_samples: 5 vs 0, min_train_acc_stop: 0.1 vs 1.5); "
+        "use another --output_dir"]
+    code, err = results["datagen"]
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0] == "error: --high_prob must be in (0, 1), got 1.5"
+    assert lines[1].startswith("error: unknown model 'RN5O'; did you mean: RN50")
+    assert tree(out) == before and tree(gen) == gen_before
+
+
+# ---------------------------------------------------------------- failures during a run
+def _without_one_class(run: Path, tmp_path: Path, ds: str, cls: str) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    logs = json.loads((out / "logs.json").read_text())
+    del logs[ds][cls]
+    (out / "logs.json").write_text(json.dumps(logs, indent=1))
+    return out
+
+
+def test_out_of_gpu_memory_gives_advice_and_keeps_finished_classes(run, gen, data_root, tmp_path, capsys,
+                                                                   monkeypatch):
+    out = _without_one_class(run, tmp_path, "Shapes", "star")
+    logs_before = (out / "logs.json").read_bytes()
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "unlearn", oom)
+    code, lines, err = cli(train.main, train_argv(gen, out, data_root), capsys)
+    assert code == 3 and "Traceback" not in err
+    assert lines == ["error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); "
+                     "rerun with a smaller --batch_size (finished work is kept)"]
+    assert (out / "logs.json").read_bytes() == logs_before
+
+
+def test_ctrl_c_is_one_line_and_keeps_finished_classes(run, gen, data_root, tmp_path, capsys, monkeypatch):
+    out = _without_one_class(run, tmp_path, "Shapes", "star")
+    logs_before = (out / "logs.json").read_bytes()
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "unlearn", interrupt)
+    code, lines, err = cli(train.main, train_argv(gen, out, data_root), capsys)
+    assert code == 130 and "Traceback" not in err
+    assert lines == ["error: interrupted; finished work is saved: rerun the same command to continue"]
+    assert (out / "logs.json").read_bytes() == logs_before
+
+
+def test_nan_loss_stops_that_class_and_the_run_goes_on(gen, data_root, tmp_path, monkeypatch):
+    real, calls = train.lipschitz_loss, []
+
+    def nan_first(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(train, "lipschitz_loss", nan_first)
+    out = tmp_path / "run"
+    logs = train.main(train_argv(gen, out, data_root, "three,star", "--max_epochs", "2"))
+    text = (out / "logs.json").read_text()
+    assert "NaN" not in text and _classes(json.loads(text)) == [("Digits", "three"), ("Shapes", "star")]
+    three, star = logs["Digits"]["three"], logs["Shapes"]["star"]
+    assert three["summary"]["status"] == ("error: loss became nan at epoch 0 (std 0.1); "
+                                          "this class keeps the original model")
+    assert three["summary"]["changed_tensors"] == [] and three["summary"]["acc_syn_before"] == 1.0
+    before = json.loads((out / "zeroshot_before.json").read_text())
+    assert three["final_results"]["Digits"]["three"]["cls_acc_test"] == before["Digits"]["three"]["cls_acc_test"]
+    assert star["summary"]["status"] == "done" and star["summary"]["epochs"] >= 1 and star["summary"]["changed_tensors"]
+    assert len(calls) > 1
+
+
+def test_non_finite_weights_stop_that_class(gen, data_root, tmp_path, monkeypatch):
+    """A finite loss can still give inf/NaN weights (e.g. inf gradients): never keep them as 'best'."""
+    real_step = torch.optim.Adam.step
+
+    def poison(self, *a, **k):
+        out = real_step(self, *a, **k)
+        with torch.no_grad():
+            next(p for g in self.param_groups for p in g["params"] if p.grad is not None).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poison)
+    logs = train.main(train_argv(gen, tmp_path / "run", data_root, "three", "--max_epochs", "1"))
+    summary = logs["Digits"]["three"]["summary"]
+    assert summary["status"].startswith("error: weights became non-finite at epoch 0")
+    assert summary["changed_tensors"] == []
+
+
+# ---------------------------------------------------------------- interrupted runs, reproducibility
+def _classes(logs: dict) -> list[tuple[str, str]]:
+    return [(d, c) for d, cs in logs.items() if d != "settings" for c in cs]
+
+
+def _without_timing(record: dict) -> dict:
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if k == "summary" else v)
+            for k, v in record.items()}
+
+
+def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run(run, gen, data_root, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "seed_0"
+    proc = subprocess.Popen([sys.executable, "train.py", *train_argv(gen, out, data_root)], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs_path, parsed, deadline = out / "logs.json", 0, time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if logs_path.exists():
+                logs = json.loads(logs_path.read_text())  # valid JSON whenever it is there
+                parsed += 1
+                if len(_classes(logs)) == 1:
+                    proc.send_signal(signal.SIGKILL)  # the first class is done: the second has started
+                    break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed in its second class"
+    first = json.loads(logs_path.read_text())
+    assert _classes(first) == [("Digits", "three")] and parsed >= 1
+    model_first = (out / "models" / "Digits" / "three.pt").read_bytes()
+
+    capsys.readouterr()
+    logs = train.main(train_argv(gen, out, data_root))
+    printed = capsys.readouterr().out
+    assert f"Digits/three: already in {logs_path}, skipped" in printed
+    assert logs["Digits"]["three"] == first["Digits"]["three"]  # not recomputed: even its timing is the same
+    assert (out / "models" / "Digits" / "three.pt").read_bytes() == model_first
+    # same seed: the same results as the uninterrupted run (three was computed in another process)
+    reference = json.loads((run / "logs.json").read_text())
+    assert _classes(logs) == _classes(reference) == [("Digits", "three"), ("Shapes", "star")]
+    for d, c in _classes(reference):
+        assert _without_timing(logs[d][c]) == _without_timing(reference[d][c]), (d, c)
+    for f in ("Digits/three.pt", "Shapes/star.pt"):
+        a = torch.load(out / "models" / f, weights_only=True)["changed"]
+        b = torch.load(run / "models" / f, weights_only=True)["changed"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "logs.json"
+    atomic_write_json(path, {"Digits": {"three": {}}})
+
+    def half_then_killed(tmp: Path):
+        tmp.write_text('{"Digits": {"thr')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic(path, half_then_killed)
+    assert json.loads(path.read_text()) == {"Digits": {"three": {}}}
+    assert [p.name for p in tmp_path.iterdir()] == ["logs.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_datagen_is_reproducible(gen, data_root, tmp_path):
+    again = tmp_path / "again"
+    other_seed = tmp_path / "seed1"
+    datagen.main(["--out_dir", str(again), "--forget_labels", "three", "--n_generated", str(N_GEN),
+                  "--data_root", data_root, "--device", "cpu"])
+    datagen.main(["--out_dir", str(other_seed), "--forget_labels", "three", "--n_generated", str(N_GEN),
+                  "--data_root", data_root, "--device", "cpu", "--seed", "1"])
+    a = read_synthetic(synthetic_path(gen, "Digits", "three"))
+    b = read_synthetic(synthetic_path(again, "Digits", "three"))
+    for k in ("images", "probs", "steps", "thresholds"):
+        assert torch.equal(a[k], b[k]), k
+    untimed = [{k: v for k, v in m.items() if k != "seconds"} for m in (a["meta"], b["meta"])]
+    assert untimed[0] == untimed[1]
+    c = read_synthetic(synthetic_path(other_seed, "Digits", "three"))
+    assert not torch.equal(a["images"], c["images"])
+
+
+# ---------------------------------------------------------------- safe loading
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_files_with_pickled_code_are_refused_not_run(gen_copy, demo, tmp_path, data_root, capsys):
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = marker
+    path = synthetic_path(gen_copy, "Digits", "three")
+    torch.save({"images": torch.zeros(1, 3, 32, 32), "meta": payload}, path)
+    with pytest.raises(UserError, match="is corrupt or not ours"):
+        read_synthetic(path)
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"state_dict": payload}, ckpt)
+    with pytest.raises(UserError, match=f"cannot load checkpoint {re.escape(str(ckpt))}"):
+        load_model("demo", str(ckpt))
+    assert not marker.exists()
+
+
+def test_every_torch_load_is_weights_only_and_nothing_is_pickled():
+    sources = [p for p in REPO.glob("*.py")] + list((REPO / "datasets").glob("*.py"))
+    calls = [(p.name, m.group(0)) for p in sources for m in re.finditer(r"torch\.load\([^)]*\)", p.read_text())]
+    assert calls and all("weights_only=True" in c for _, c in calls), calls
+    for p in sources:
+        text = p.read_text()
+        assert not re.search(r"^\s*import pickle|^\s*from pickle|to_pickle|read_pickle|allow_pickle=True|joblib",
+                             text, flags=re.M), p.name
