@@ -35,6 +35,16 @@ def train_demo_model(model: torch.nn.Module, preprocess, tokenizer, data_root: s
     """Train `model` in place on the demo datasets; returns a small record of the run."""
     cfg = demo_config()
     seed_everything(cfg["seed"])
+    # CPU float sums depend on the thread count: fix it, so every machine trains the same model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg["threads"])
+    try:
+        return _train(model, preprocess, tokenizer, data_root, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: torch.nn.Module, preprocess, tokenizer, data_root: str, cfg: dict) -> dict:
     xs, ys, prompts, offset = [], [], [], 0
     for name in cfg["datasets"]:
         ds = build_dataset(name, data_root)

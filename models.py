@@ -79,6 +79,15 @@ def check_pretrained(arch: str, pretrained: str) -> list[str]:
     return []
 
 
+def check_model(arch: str, pretrained: str | None) -> tuple[str | None, list[str]]:
+    """(short tag or None, problems) for a model name and --pretrained value, building nothing."""
+    try:
+        tag = arch_tag(arch)
+        return tag, check_pretrained(arch, pretrained) if pretrained else []
+    except UserError as e:
+        return None, [str(e)]
+
+
 def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
                data_root: str | None = None) -> LoadedModel:
     """Build `arch` with `pretrained` weights ('openai', another open_clip tag, 'none' for random

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from common import REPO, UserError, atomic_write_json, cache_dir, check_all, check_device, check_writable, \
     default_data_root, default_device, run_cli, seed_everything
 from datasets import DatasetSplits, ImageDataset, build_datasets
-from models import LoadedModel, arch_tag, check_pretrained, default_pretrained, demo_weights_path, load_model
+from models import LoadedModel, arch_tag, check_model, default_pretrained, demo_weights_path, load_model
 
 EVAL_SCALE = 100.0  # the paper's fixed logit scale for evaluation (not the model's learned one)
 REFERENCE = REPO / "reference"  # the paper's published zero-shot figures
@@ -181,13 +181,8 @@ def validate(args: argparse.Namespace) -> dict[str, DatasetSplits]:
     problems = check_device(args.device)
     if args.batch_size < 1:
         problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
-    tag = None
-    try:
-        tag = arch_tag(args.backbone_arch)
-        if args.pretrained:
-            problems += check_pretrained(args.backbone_arch, args.pretrained)
-    except UserError as e:
-        problems.append(str(e))
+    tag, model_problems = check_model(args.backbone_arch, args.pretrained)
+    problems += model_problems
     datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
     problems += ds_problems
     if args.out:
