@@ -41,30 +41,30 @@ from synthetic import clip_norm, model_view, read_synthetic, synthetic_path
 EVAL_SCALE = 100.0  # zeroshot.EVAL_SCALE (kept local: zeroshot imports open_clip at import time)
 OBJECTIVES = ("lipschitz", "hinge", "lipschitz+hinge")
 STOPS = ("acc", "margin")
-TOWERS = ("both", "text", "image")
+TOWERS = ("both", "text", "image", "token")
 
 # --method presets: values for the options the user did not give. "faithful" is the paper.
 TRAIN_PRESETS: dict[str, dict] = {
     "faithful": {},
-    "improved": {"objective": "hinge", "hinge_margin": 50.0, "stop": "margin", "stop_margin": 50.0,
-                 "stop_frac": 0.1, "towers": "text", "retain_weight": 1.0, "augment": 1, "lr": 2e-4,
-                 "max_steps": 200, "generated_suffix": "_improved"},
+    "improved": {"objective": "hinge", "hinge_margin": 100.0, "stop": "margin", "stop_margin": 100.0,
+                 "stop_frac": 0.1, "towers": "text", "retain_weight": 1.0, "augment": 0, "lr": 2e-4,
+                 "max_steps": 300, "generated_suffix": "_improved"},
 }
 DATAGEN_PRESETS: dict[str, dict] = {
     "faithful": {},
-    "improved": {"accept_margin": 30.0, "generated_suffix": "_improved",
+    "improved": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_improved",
                  "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 8, "retain_seed_offset": 2000},
 }
-TRAIN_DEFAULTS = {"objective": "lipschitz", "hinge_margin": 50.0, "retain_weight": 0.0, "stop": "acc",
-                  "stop_margin": 50.0, "stop_frac": 0.1, "towers": "both", "augment": 0, "max_steps": 200}
+TRAIN_DEFAULTS = {"objective": "lipschitz", "hinge_margin": 100.0, "retain_weight": 0.0, "stop": "acc",
+                  "stop_margin": 100.0, "stop_frac": 0.1, "towers": "both", "augment": 0, "max_steps": 300}
 
 
 # ----------------------------------------------------------------------------- command line (train)
 def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("beyond the paper (beyond.py; all off by default = the paper's method)")
     g.add_argument("--method", default="faithful", choices=list(TRAIN_PRESETS),
-                   help="preset: 'faithful' = the paper; 'improved' = --objective hinge --hinge_margin 50 "
-                        "--stop margin --stop_margin 50 --towers text --retain_weight 1 --augment 1 --lr 2e-4, "
+                   help="preset: 'faithful' = the paper; 'improved' = --objective hinge --hinge_margin 100 "
+                        "--stop margin --stop_margin 100 --towers text --retain_weight 1 --lr 2e-4 --max_steps 300, "
                         "synthetic sets from 'datagen.py --method improved' (generated_<ARCH>_improved); "
                         "options given explicitly win over the preset")
     g.add_argument("--objective", default=None, choices=OBJECTIVES,
@@ -72,7 +72,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "by --hinge_margin on the synthetic images, plain Adam on every unlearnable tensor of "
                         "--towers; lipschitz+hinge: both losses in that loop (default: lipschitz)")
     g.add_argument("--hinge_margin", type=float, default=None,
-                   help="hinge margin in logits at the evaluation scale 100 (default: 50)")
+                   help="hinge margin in logits at the evaluation scale 100 (default: 100)")
     g.add_argument("--retain_weight", type=float, default=None,
                    help="weight of the retain term (KL + embedding drift against the original model on "
                         "synthetic images of the dataset's other classes and their prompts); needs a hinge "
@@ -84,17 +84,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="acc: the paper's rule (synthetic accuracy <= --min_train_acc_stop); margin: stop once "
                         "<= --stop_frac of the held-out synthetic set has forget logit > best other - "
                         "--stop_margin (default: acc)")
-    g.add_argument("--stop_margin", type=float, default=None, help="margin of --stop margin, logits x100 (default: 50)")
+    g.add_argument("--stop_margin", type=float, default=None, help="margin of --stop margin, logits x100 (default: 100)")
     g.add_argument("--stop_frac", type=float, default=None, help="fraction of --stop margin (default: 0.1)")
     g.add_argument("--heldout_dir", default=None,
                    help="held-out synthetic set for --stop margin: the same classes generated with another "
                         "noise seed, <dir>/<dataset>/<class>.pt (default: <generated_dir>/heldout)")
     g.add_argument("--towers", default=None, choices=TOWERS,
-                   help="which tower may change: both (the paper), text (transformer blocks), image (default: both)")
+                   help="what may change: both (the paper's towers), text (transformer blocks), image, or token: "
+                        "only the token-embedding rows of the forget class's name (tokens no other class prompt "
+                        "of its dataset uses; hinge objectives only) (default: both)")
     g.add_argument("--augment", type=int, default=None,
                    help="1: re-augment the synthetic images every step (shift, scale, noise; hinge objectives)")
     g.add_argument("--max_steps", type=int, default=None,
-                   help="optimiser steps of the hinge loop (default: 200)")
+                   help="most optimiser steps of the hinge loop (default: 300)")
 
 
 def resolve_train_args(args: argparse.Namespace) -> None:
@@ -124,6 +126,8 @@ def validate_train_args(args: argparse.Namespace) -> list[str]:
                         "loop the retain term has no effect: measured)")
     if args.augment and not hinge:
         problems.append("--augment needs --objective hinge or lipschitz+hinge")
+    if args.towers == "token" and args.objective != "hinge":
+        problems.append("--towers token needs --objective hinge")
     if not 0 <= args.stop_frac < 1:
         problems.append(f"--stop_frac must be in [0, 1), got {args.stop_frac}")
     if args.max_steps < 1:
@@ -290,17 +294,23 @@ def heldout_rule(model, heldout: torch.Tensor, prompt_tokens: torch.Tensor, idx:
 
 def tower_patterns(towers: str) -> list[str]:
     """Extra 'frozen' patterns (train.freeze) that keep the other tower fixed."""
-    return {"both": [], "text": [r"^visual\."], "image": [r"^transformer\."]}[towers]
+    return {"both": [], "text": [r"^visual\."], "image": [r"^transformer\."], "token": [r"."]}[towers]
+
+
+def own_token_rows(prompt_tokens: torch.Tensor, idx: int) -> list[int]:
+    """Token ids in the forget class's prompt that no other class's prompt uses (its name's tokens)."""
+    others = set(torch.cat([prompt_tokens[:idx], prompt_tokens[idx + 1:]]).flatten().tolist())
+    return sorted(set(prompt_tokens[idx].tolist()) - others)
 
 
 # ----------------------------------------------------------------------------- the hinge loop
 @dataclass
 class DirectConfig:
     objective: str = "hinge"
-    hinge_margin: float = 50.0
+    hinge_margin: float = 100.0
     retain_weight: float = 0.0
     augment: int = 0
-    max_steps: int = 200
+    max_steps: int = 300
     stop_at: float = 0.1  # stop once the watched quantity is <= this
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.98)
@@ -310,6 +320,7 @@ class DirectConfig:
     n_samples: int = 25
     chunk: int = 512
     frozen: list[str] = field(default_factory=list)
+    token_rows: list[int] | None = None  # --towers token: train only these rows of token_embedding
 
 
 def unlearn_direct(model, images: torch.Tensor, prompt_tokens: torch.Tensor, caption_tokens: torch.Tensor,
@@ -321,6 +332,14 @@ def unlearn_direct(model, images: torch.Tensor, prompt_tokens: torch.Tensor, cap
     from train import NonFiniteLoss, Snapshot, UnlearnRecord, freeze, lipschitz_loss
     vis, txt = freeze(model, cfg.frozen)
     named = vis + txt
+    if cfg.token_rows is not None:
+        if not cfg.token_rows:
+            raise UserError("--towers token: the forget class's prompt has no token of its own")
+        model.token_embedding.weight.requires_grad_(True)
+        named = [("token_embedding.weight", model.token_embedding.weight)]
+        row_mask = torch.ones(len(model.token_embedding.weight), 1, dtype=torch.bool,
+                              device=model.token_embedding.weight.device)
+        row_mask[cfg.token_rows] = False
     names = {p: n for n, p in named}
     params = [p for _, p in named]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
@@ -350,6 +369,8 @@ def unlearn_direct(model, images: torch.Tensor, prompt_tokens: torch.Tensor, cap
                 raise NonFiniteLoss(f"loss became {loss.item()} at step {rec.steps}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.token_rows is not None:  # only the class's own rows (Adam leaves zero-gradient rows alone)
+                model.token_embedding.weight.grad.masked_fill_(row_mask, 0.0)
             original.before_change([p for p in params if p.grad is not None])
             opt.step()
             rec.steps += 1
@@ -397,7 +418,8 @@ def unlearn_class(args, lm, cfg, ds, classname: str, images: torch.Tensor, capti
     dcfg = DirectConfig(objective=args.objective, hinge_margin=args.hinge_margin, retain_weight=args.retain_weight,
                         augment=args.augment, max_steps=args.max_steps, stop_at=stop_at, lr=cfg.lr, betas=cfg.betas,
                         eps=cfg.eps, batch_size=cfg.batch_size, lipschitz_std=cfg.stds[0], n_samples=cfg.n_samples,
-                        chunk=cfg.chunk, frozen=frozen)
+                        chunk=cfg.chunk, frozen=frozen,
+                        token_rows=own_token_rows(prompts, idx) if args.towers == "token" else None)
     if progress is not None:
         progress.reset(total=dcfg.max_steps)
     return unlearn_direct(lm.model, images, prompts, caption_tokens, idx, watch, dcfg, generator, retain, progress)
@@ -436,7 +458,7 @@ def datagen_method(main: Callable, validate: Callable, argv: list[str], args: ar
     out = Path(args.out_dir or f"generated_{arch_tag(args.backbone_arch)}{preset['generated_suffix']}")
     _, targets = validate(copy(args))  # report every problem before the first set starts
     seed = args.seed if args.noise_seed is None else args.noise_seed
-    margin = ["--accept_margin", str(preset["accept_margin"])]
+    margin = ["--accept_margin", str(preset["accept_margin"]), "--max_steps", str(preset["max_steps"])]
     used = ",".join(dict.fromkeys(d for d, _ in targets))
     summaries = main(margin + user + ["--out_dir", str(out)])
     summaries += main(margin + user + ["--out_dir", str(out / "heldout"), "--n_generated", str(preset["heldout_n"]),

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from common import UserError, add_common_args, check_all, check_device, check_writable, class_seed, run_cli
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
-from models import LoadedModel, arch_tag, check_pretrained, load_model
+from models import LoadedModel, check_model, load_model
 from synthetic import clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
 from zeroshot import EVAL_SCALE, classifier_weights, run_model_key
 import beyond  # options beyond the paper (issue 8); all off by default
@@ -180,15 +180,9 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
     for name in ("l2_reg", "max_jitter"):
         if getattr(args, name) < 0:
             problems.append(f"--{name} must be at least 0, got {getattr(args, name)}")
-    n_before = len(problems)
-    try:
-        problems += check_pretrained(args.backbone_arch, args.pretrained or "openai") \
-            if args.pretrained else []
-        tag = arch_tag(args.backbone_arch)
-    except UserError as e:
-        problems.append(str(e))
-        tag = None
-    model_ok = len(problems) == n_before  # the model's name and weights are valid
+    tag, model_problems = check_model(args.backbone_arch, args.pretrained)
+    problems += model_problems
+    model_ok = not model_problems  # the model's name and weights are valid
     datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
     problems += ds_problems
     targets, t_problems = resolve_targets(datasets, args.forget_labels, args.run_ds) if args.forget_labels != "all" \

@@ -29,7 +29,7 @@ from common import REPO, UserError, add_common_args, atomic_torch_save, atomic_w
 from datasets import DatasetSplits, build_datasets
 from datasets.base import load_rgb
 from forget_cls import resolve_targets
-from models import LoadedModel, arch_tag, check_pretrained, config_image_size, load_model, resolve_arch
+from models import LoadedModel, check_model, config_image_size, load_model, resolve_arch
 from synthetic import check_synthetic, clip_norm, model_view, read_synthetic, synthetic_path
 from zeroshot import baselines, class_figures, classifier_weights, loader, predict, run_model_key
 import beyond  # options beyond the paper (issue 8); all off by default
@@ -341,14 +341,9 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         problems.append(f"--min_train_acc_stop must be in [0, 1), got {args.min_train_acc_stop}")
     if args.lr is not None and not args.lr > 0:
         problems.append(f"--lr must be positive, got {args.lr}")
-    tag, n_before = None, len(problems)
-    try:
-        tag = arch_tag(args.backbone_arch)
-        if args.pretrained:
-            problems += check_pretrained(args.backbone_arch, args.pretrained)
-    except UserError as e:
-        problems.append(str(e))
-    model_ok = len(problems) == n_before  # the model's name and weights are valid
+    tag, model_problems = check_model(args.backbone_arch, args.pretrained)
+    problems += model_problems
+    model_ok = not model_problems  # the model's name and weights are valid
     datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
     targets, t_problems = resolve_targets(datasets, args.forget_labels, args.run_ds)
     problems += ds_problems + t_problems
@@ -468,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         original = {n: state[n].clone() for n in best}
         for n, t in best.items():  # evaluate the best model ...
             state[n].copy_(t)
-        text_changed = any(n.startswith("transformer.") for n in best)
+        text_changed = any(not n.startswith("visual.") for n in best)  # transformer.*, or token rows (beyond)
         final = evaluator.final_results(ds_name, classname, x, text_changed, bool(args.debug),
                                         real_train=not args.generated_data)
         for n, t in original.items():  # ... then put the original weights back for the next class
