@@ -456,7 +456,9 @@ def datagen_method(main: Callable, validate: Callable, argv: list[str], args: ar
     user = [a for i, a in enumerate(argv) if a != "--method" and (i == 0 or argv[i - 1] != "--method")
             and not a.startswith("--method=")]
     out = Path(args.out_dir or f"generated_{arch_tag(args.backbone_arch)}{preset['generated_suffix']}")
-    _, targets = validate(copy(args))  # report every problem before the first set starts
+    checked = copy(args)
+    checked.out_dir = str(out)
+    _, targets = validate(checked)  # report every problem before the first set starts
     seed = args.seed if args.noise_seed is None else args.noise_seed
     margin = ["--accept_margin", str(preset["accept_margin"]), "--max_steps", str(preset["max_steps"])]
     used = ",".join(dict.fromkeys(d for d, _ in targets))
