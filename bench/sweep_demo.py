@@ -41,7 +41,13 @@ from zeroshot import classifier_weights, logits  # noqa: E402
 OUT = REPO / "bench" / "out" / "sweep"
 DEMO_CLASSES = ["three", "star"]
 OTHER_CLASSES = ["seven", "one", "circle", "heart"]
-# setting name -> (synthetic sets: "faithful" | "improved", train.py options)
+# synthetic sets: name -> datagen.py options
+GEN_KINDS: dict[str, list[str]] = {
+    "faithful": [],
+    "improved": ["--method", "improved"],
+    "improved_aug8": ["--method", "improved", "--augment_accept", "8"],  # + robust to augmentations
+}
+# setting name -> (synthetic sets, train.py options)
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "faithful": ("faithful", []),
     # the paper's loop on confident images: does the data alone fix it?
@@ -63,6 +69,10 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
                                     "--retain_weight", "0"]),
     "hinge_token_r1": ("improved", ["--method", "improved", "--towers", "token", "--lr", "2e-3",
                                     "--retain_weight", "1"]),
+    # confident images that also hold under 8 random augmentations
+    "aug8_hinge_text_r3": ("improved_aug8", ["--method", "improved", "--retain_weight", "3"]),
+    "aug8_hinge_token_r1": ("improved_aug8", ["--method", "improved", "--towers", "token", "--lr", "2e-3",
+                                              "--retain_weight", "1"]),
     # the preset as shipped
     "improved": ("improved", ["--method", "improved"]),
 }
@@ -81,8 +91,7 @@ def generate(kind: str, seed: int, pairs: list[tuple[str, str]]) -> Path:
     labels = ",".join(c for _, c in pairs)
     argv = ["--backbone_arch", "demo", "--run_ds", "Digits,Shapes", "--paper_settings", "1", "--seed", str(seed),
             "--forget_labels", labels, "--out_dir", str(gen), "--device", "cpu"]
-    if kind == "improved":
-        argv += ["--method", "improved"]
+    argv += GEN_KINDS[kind]
     quiet(datagen.main, argv)
     return gen
 
@@ -209,7 +218,7 @@ def main() -> None:
     val = ValEvaluator()
     csv = OUT / "runs.csv"
     old = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
-    rows = []
+    rows, runs = [], old
     for seed in [int(s) for s in args.seeds.split(",")]:
         t = time.time()
         kinds = {SETTINGS[n][0] for n in names}
@@ -217,13 +226,14 @@ def main() -> None:
         print(f"seed {seed}: synthetic sets ready ({time.time() - t:.0f} s)", flush=True)
         for name in names:
             rows += run_setting(name, seed, pairs, gens, val)
-    new = pd.DataFrame(rows)
-    if len(old):  # keep the rows of other (setting, class, seed) runs
-        key = ["setting", "cls", "seed"]
-        old = old[~old.set_index(key).index.isin(new.set_index(key).index)]
-    runs = pd.concat([old, new], ignore_index=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(csv, index=False)
+            new = pd.DataFrame(rows)
+            keep = old
+            if len(old):  # keep the rows of other (setting, class, seed) runs
+                key = ["setting", "cls", "seed"]
+                keep = old[~old.set_index(key).index.isin(new.set_index(key).index)]
+            runs = pd.concat([keep, new], ignore_index=True)
+            OUT.mkdir(parents=True, exist_ok=True)
+            runs.to_csv(csv, index=False)  # after every run: an interruption loses nothing finished
     report(runs)
 
 
