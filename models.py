@@ -102,8 +102,10 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
     if random_init:  # open_clip warns that it initialised randomly: that is what we asked for
         logging.disable(logging.WARNING)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None if random_init else pretrained)
+        with torch.random.fork_rng():  # random initial weights are the same in every process
+            torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None if random_init else pretrained)
     finally:
         logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name)
@@ -141,7 +143,7 @@ def apply_state(model: torch.nn.Module, state: dict, path: str) -> None:
 def _demo_key() -> str:
     """Cache key of the demo weights: changes when the model, data or training recipe changes."""
     h = hashlib.sha1()
-    for f in [MODEL_CONFIGS / "demo.json", REPO / "configs" / "demo_world.yaml", REPO / "demo_world.py",
+    for f in [MODEL_CONFIGS / "demo.json", REPO / "configs" / "demo_world.yaml", REPO / "demo_world.py", REPO / "models.py",
               REPO / "configs" / "datasets" / "Digits.yaml", REPO / "configs" / "datasets" / "Shapes.yaml",
               REPO / "datasets" / "digits.py", REPO / "datasets" / "shapes.py"]:
         h.update(f.read_bytes())
