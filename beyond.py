@@ -47,7 +47,7 @@ TOWERS = ("both", "text", "image", "token")
 TRAIN_PRESETS: dict[str, dict] = {
     "faithful": {},
     "improved": {"objective": "hinge", "hinge_margin": 100.0, "stop": "margin", "stop_margin": 100.0,
-                 "stop_frac": 0.1, "towers": "text", "retain_weight": 1.0, "augment": 0, "lr": 2e-4,
+                 "stop_frac": 0.1, "towers": "token", "retain_weight": 1.0, "augment": 0, "lr": 2e-3,
                  "max_steps": 300, "generated_suffix": "_improved"},
 }
 DATAGEN_PRESETS: dict[str, dict] = {
@@ -61,41 +61,46 @@ TRAIN_DEFAULTS = {"objective": "lipschitz", "hinge_margin": 100.0, "retain_weigh
 
 # ----------------------------------------------------------------------------- command line (train)
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("beyond the paper (beyond.py; all off by default = the paper's method)")
-    g.add_argument("--method", default="faithful", choices=list(TRAIN_PRESETS),
+    group = p.add_argument_group("beyond the paper (beyond.py; all off by default = the paper's method)")
+
+    def add(*names, help: str, **kw):
+        # default None means "from --method": the help names the real default itself; "%(default).0s"
+        # renders as "" and keeps ArgumentDefaultsHelpFormatter from appending "(default: None)"
+        group.add_argument(*names, help=help + ("%(default).0s" if kw.get("default") is None else ""), **kw)
+    add("--method", default="faithful", choices=list(TRAIN_PRESETS),
                    help="preset: 'faithful' = the paper; 'improved' = --objective hinge --hinge_margin 100 "
-                        "--stop margin --stop_margin 100 --towers text --retain_weight 1 --lr 2e-4 --max_steps 300, "
+                        "--stop margin --stop_margin 100 --towers token --retain_weight 1 --lr 2e-3 --max_steps 300, "
                         "synthetic sets from 'datagen.py --method improved' (generated_<ARCH>_improved); "
                         "options given explicitly win over the preset")
-    g.add_argument("--objective", default=None, choices=OBJECTIVES,
+    add("--objective", default=None, choices=OBJECTIVES,
                    help="lipschitz: the paper's loss and loop; hinge: forget logit below the best other class "
                         "by --hinge_margin on the synthetic images, plain Adam on every unlearnable tensor of "
                         "--towers; lipschitz+hinge: both losses in that loop (default: lipschitz)")
-    g.add_argument("--hinge_margin", type=float, default=None,
+    add("--hinge_margin", type=float, default=None,
                    help="hinge margin in logits at the evaluation scale 100 (default: 100)")
-    g.add_argument("--retain_weight", type=float, default=None,
+    add("--retain_weight", type=float, default=None,
                    help="weight of the retain term (KL + embedding drift against the original model on "
                         "synthetic images of the dataset's other classes and their prompts); needs a hinge "
                         "objective and --retain_dir (default: 0 = off)")
-    g.add_argument("--retain_dir", default=None,
+    add("--retain_dir", default=None,
                    help="synthetic images of the other classes, <dir>/<dataset>/<class>.pt "
                         "(default with --retain_weight: <generated_dir>/retain)")
-    g.add_argument("--stop", default=None, choices=STOPS,
+    add("--stop", default=None, choices=STOPS,
                    help="acc: the paper's rule (synthetic accuracy <= --min_train_acc_stop); margin: stop once "
                         "<= --stop_frac of the held-out synthetic set has forget logit > best other - "
                         "--stop_margin (default: acc)")
-    g.add_argument("--stop_margin", type=float, default=None, help="margin of --stop margin, logits x100 (default: 100)")
-    g.add_argument("--stop_frac", type=float, default=None, help="fraction of --stop margin (default: 0.1)")
-    g.add_argument("--heldout_dir", default=None,
+    add("--stop_margin", type=float, default=None, help="margin of --stop margin, logits x100 (default: 100)")
+    add("--stop_frac", type=float, default=None, help="fraction of --stop margin (default: 0.1)")
+    add("--heldout_dir", default=None,
                    help="held-out synthetic set for --stop margin: the same classes generated with another "
                         "noise seed, <dir>/<dataset>/<class>.pt (default: <generated_dir>/heldout)")
-    g.add_argument("--towers", default=None, choices=TOWERS,
+    add("--towers", default=None, choices=TOWERS,
                    help="what may change: both (the paper's towers), text (transformer blocks), image, or token: "
                         "only the token-embedding rows of the forget class's name (tokens no other class prompt "
                         "of its dataset uses; hinge objectives only) (default: both)")
-    g.add_argument("--augment", type=int, default=None,
+    add("--augment", type=int, default=None,
                    help="1: re-augment the synthetic images every step (shift, scale, noise; hinge objectives)")
-    g.add_argument("--max_steps", type=int, default=None,
+    add("--max_steps", type=int, default=None,
                    help="most optimiser steps of the hinge loop (default: 300)")
 
 

@@ -104,6 +104,28 @@ def test_hinge_loop_changes_only_the_chosen_tower_and_lowers_the_forget_margin(m
     assert after.mean() < before.mean() - 1
 
 
+def test_token_tower_changes_only_the_forget_class_name_rows(model, prompts, demo, digits):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 32, 32, generator=g)
+    idx = digits.classnames.index("three")
+    rows = beyond.own_token_rows(prompts, idx)
+    assert rows == demo.tokenizer(["three"])[0, 1:2].tolist()  # the name's token; template tokens are shared
+    with torch.no_grad():
+        w0 = beyond.text_weights(model, prompts)
+    cfg = beyond.DirectConfig(hinge_margin=50, max_steps=5, stop_at=-1.0, lr=2e-3, token_rows=rows,
+                              frozen=beyond.tower_patterns("token"))
+    best, _ = beyond.unlearn_direct(model, images, prompts, prompts[:1], idx, lambda: 1.0, cfg, g)
+    assert list(best) == ["token_embedding.weight"]
+    changed = (best["token_embedding.weight"] != model.token_embedding.weight).any(1).nonzero().flatten().tolist()
+    assert changed == rows
+    model.token_embedding.weight.data.copy_(best["token_embedding.weight"])
+    with torch.no_grad():
+        w1 = beyond.text_weights(model, prompts)
+    others = [i for i in range(10) if i != idx]
+    assert torch.allclose(w1[:, others], w0[:, others], atol=1e-6)  # every other class's prompt: unchanged
+    assert (w1[:, idx] * w0[:, idx]).sum() < 0.999
+
+
 def test_heldout_rule_counts_images_above_the_margin(model, prompts):
     g = torch.Generator().manual_seed(0)
     held = torch.randn(10, 3, 32, 32, generator=g)
@@ -191,10 +213,10 @@ def test_improved_method_runs_with_its_side_sets(tmp_path, data_root, star_sets)
     logs = _train(tmp_path, data_root, star_sets, "improved", "--method", "improved", "--max_steps", "3")
     s = logs["Shapes"]["star"]["summary"]
     assert s["status"] == "done" and 1 <= s["steps"] <= 3 and len(s["trace"]) == s["steps"]
-    assert s["changed_tensors"] and all(n.startswith("transformer.") for n in s["changed_tensors"])
+    assert s["changed_tensors"] == ["token_embedding.weight"]
     assert s["trace"][0]["retain"] >= 0
     settings = json.loads((tmp_path / "improved" / "args.txt").read_text())
-    assert settings["objective"] == "hinge" and settings["stop"] == "margin" and settings["towers"] == "text"
+    assert settings["objective"] == "hinge" and settings["stop"] == "margin" and settings["towers"] == "token"
     assert settings["heldout_dir"].endswith("heldout") and settings["retain_dir"].endswith("retain")
 
 
