@@ -12,12 +12,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-# the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, results
+# the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, results;
+# the paper's method and the improved option (beyond.py) side by side
 demo: $(STAMP)
 	$(PY) zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
 	sh datagen.sh demo
 	sh train.sh 1 1 0 1 25 0.1 "Digits,Shapes" demo
-	$(PY) clip_forget_utils.py results/results1/seed_0/ --all_res 1
+	sh datagen.sh demo --method improved
+	sh train.sh 1 1_improved 0 1 25 0.1 "Digits,Shapes" demo --method improved
+	$(PY) clip_forget_utils.py results/results1/seed_0/ results/results1_improved/seed_0/ --all_res 1
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -30,4 +33,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_train.py --arch ViT-B/16 --pretrained none --batch 4 --n_samples 5 --steps 2
 
 clean:
-	rm -rf results generated_demo .cache bench/out
+	rm -rf results generated_demo generated_demo_improved .cache bench/out

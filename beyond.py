@@ -1,28 +1,29 @@
 """beyond: options beside the paper's method that make forgetting transfer to real images (issue 8).
 
 Still zero-shot: no real image of any class is used, only the model, class names/prompts and
-synthetic images. Measured on the demo world (bench/sweep_demo.py, settings chosen on the val
-split), the faithful method lowers the *synthetic* accuracy but barely touches real images.
-Two things were found to matter; everything else here exists to measure them:
+synthetic images. Measured on the demo world (bench/sweep_demo.py, 3 seeds, settings chosen on
+the val split), the faithful method lowers the *synthetic* accuracy but barely touches real
+images. Three things were found to matter; everything else here exists to measure them:
 
 1. Confident synthetic images (datagen --accept_margin). The paper accepts an image once the
    class's softmax probability passes ~0.8: at the evaluation scale 100 that is a logit margin of
-   a few points over the next class, while real images of the class sit ~40 points above it
-   (demo: cosine 0.43 vs 0.94 with the class's text embedding). Forgetting such borderline images
-   transfers to nothing. Requiring a margin (e.g. 30) keeps ascending until the image looks to the
-   model like a typical member of the class.
+   a few points over the next class, while real images of the class sit ~40 points above it.
+   Forgetting such borderline images transfers to nothing. Requiring a margin (30) keeps
+   ascending until the image looks to the model like a typical member of the class.
 2. A direct objective (--objective hinge): push the forget class's logit below the best other
-   class of its dataset by a margin, on the synthetic images (re-augmented each step with
-   --augment 1), updating all unlearnable tensors of the chosen towers with plain Adam. The
-   multimodal Lipschitz loss does not move confident images at all.
+   class of its dataset by a margin, on the synthetic images, with plain Adam. The multimodal
+   Lipschitz loss does not move confident images at all.
+3. Where to change (--towers). The text tower with a retain term (--retain_weight: KL and
+   embedding drift against the original model on synthetic images of the dataset's other classes
+   and their prompts) forgets, at a cost to the other classes; the token-embedding rows of the
+   class name alone (--towers token: tokens no other class prompt of the run uses) forget as well
+   and leave every other prompt, and the image tower, exactly as they were.
 
 Around them: a stop rule on a held-out synthetic set (--stop margin: a second datagen run with
 another noise seed; stop once <= stop_frac of it has a forget logit above best-other minus
 stop_margin; the paper's "synthetic accuracy <= 0.1" is reached long before real images are
-forgotten), a retain term (--retain_weight: KL and embedding drift against the original model on
-synthetic images of the dataset's other classes and on their prompts), and --towers to choose
-which tower may change. --method improved selects the measured best set; --method faithful (the
-default) is the paper's method, bit for bit.
+forgotten). --method improved selects the measured best set (hinge, token rows, margin stop);
+--method faithful (the default) is the paper's method, bit for bit.
 """
 from __future__ import annotations
 
@@ -47,13 +48,13 @@ TOWERS = ("both", "text", "image", "token")
 TRAIN_PRESETS: dict[str, dict] = {
     "faithful": {},
     "improved": {"objective": "hinge", "hinge_margin": 100.0, "stop": "margin", "stop_margin": 100.0,
-                 "stop_frac": 0.1, "towers": "token", "retain_weight": 1.0, "augment": 0, "lr": 2e-3,
+                 "stop_frac": 0.1, "towers": "token", "retain_weight": 0.0, "augment": 0, "lr": 2e-3,
                  "max_steps": 300, "generated_suffix": "_improved"},
 }
 DATAGEN_PRESETS: dict[str, dict] = {
     "faithful": {},
     "improved": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_improved",
-                 "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 8, "retain_seed_offset": 2000},
+                 "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 0, "retain_seed_offset": 2000},
 }
 TRAIN_DEFAULTS = {"objective": "lipschitz", "hinge_margin": 100.0, "retain_weight": 0.0, "stop": "acc",
                   "stop_margin": 100.0, "stop_frac": 0.1, "towers": "both", "augment": 0, "max_steps": 300}
@@ -69,7 +70,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         group.add_argument(*names, help=help + ("%(default).0s" if kw.get("default") is None else ""), **kw)
     add("--method", default="faithful", choices=list(TRAIN_PRESETS),
                    help="preset: 'faithful' = the paper; 'improved' = --objective hinge --hinge_margin 100 "
-                        "--stop margin --stop_margin 100 --towers token --retain_weight 1 --lr 2e-3 --max_steps 300, "
+                        "--stop margin --stop_margin 100 --towers token --lr 2e-3 --max_steps 300, "
                         "synthetic sets from 'datagen.py --method improved' (generated_<ARCH>_improved); "
                         "options given explicitly win over the preset")
     add("--objective", default=None, choices=OBJECTIVES,
@@ -302,10 +303,11 @@ def tower_patterns(towers: str) -> list[str]:
     return {"both": [], "text": [r"^visual\."], "image": [r"^transformer\."], "token": [r"."]}[towers]
 
 
-def own_token_rows(prompt_tokens: torch.Tensor, idx: int) -> list[int]:
-    """Token ids in the forget class's prompt that no other class's prompt uses (its name's tokens)."""
-    others = set(torch.cat([prompt_tokens[:idx], prompt_tokens[idx + 1:]]).flatten().tolist())
-    return sorted(set(prompt_tokens[idx].tolist()) - others)
+def own_token_rows(prompt_tokens: torch.Tensor, idx: int, also: torch.Tensor | None = None) -> list[int]:
+    """Token ids in the forget class's prompt that no other class's prompt uses (its name's tokens).
+    `also`: the prompts of the run's other datasets, whose tokens must not move either."""
+    others = [prompt_tokens[:idx], prompt_tokens[idx + 1:]] + ([also] if also is not None else [])
+    return sorted(set(prompt_tokens[idx].tolist()) - set(torch.cat(others).flatten().tolist()))
 
 
 # ----------------------------------------------------------------------------- the hinge loop
@@ -339,7 +341,8 @@ def unlearn_direct(model, images: torch.Tensor, prompt_tokens: torch.Tensor, cap
     named = vis + txt
     if cfg.token_rows is not None:
         if not cfg.token_rows:
-            raise UserError("--towers token: the forget class's prompt has no token of its own")
+            raise UserError("--towers token: every token of the forget class's prompt is used by another class's "
+                            "prompt; use --towers text for this class")
         model.token_embedding.weight.requires_grad_(True)
         named = [("token_embedding.weight", model.token_embedding.weight)]
         row_mask = torch.ones(len(model.token_embedding.weight), 1, dtype=torch.bool,
@@ -396,9 +399,11 @@ def unlearn_direct(model, images: torch.Tensor, prompt_tokens: torch.Tensor, cap
 
 # ----------------------------------------------------------------------------- train.py's hook
 def unlearn_class(args, lm, cfg, ds, classname: str, images: torch.Tensor, caption_tokens: torch.Tensor,
-                  syn_accuracy: Callable[[], float], generator: torch.Generator, progress=None):
+                  syn_accuracy: Callable[[], float], generator: torch.Generator, progress=None,
+                  other_prompts: list[str] = ()):
     """train.main's call for a non-faithful option set: the paper's loop with another stop rule
-    and/or tower (objective lipschitz), or the hinge loop. Returns (best, record) like train.unlearn."""
+    and/or tower (objective lipschitz), or the hinge loop. `other_prompts`: the class prompts of the
+    run's other datasets (--towers token keeps their tokens). Returns (best, record) like train.unlearn."""
     from dataclasses import replace
 
     from train import unlearn
@@ -423,8 +428,10 @@ def unlearn_class(args, lm, cfg, ds, classname: str, images: torch.Tensor, capti
     dcfg = DirectConfig(objective=args.objective, hinge_margin=args.hinge_margin, retain_weight=args.retain_weight,
                         augment=args.augment, max_steps=args.max_steps, stop_at=stop_at, lr=cfg.lr, betas=cfg.betas,
                         eps=cfg.eps, batch_size=cfg.batch_size, lipschitz_std=cfg.stds[0], n_samples=cfg.n_samples,
-                        chunk=cfg.chunk, frozen=frozen,
-                        token_rows=own_token_rows(prompts, idx) if args.towers == "token" else None)
+                        chunk=cfg.chunk, frozen=frozen)
+    if args.towers == "token":
+        also = lm.tokenizer(list(other_prompts)).to(device) if other_prompts else None
+        dcfg.token_rows = own_token_rows(prompts, idx, also)
     if progress is not None:
         progress.reset(total=dcfg.max_steps)
     return unlearn_direct(lm.model, images, prompts, caption_tokens, idx, watch, dcfg, generator, retain, progress)
@@ -434,6 +441,8 @@ def unlearn_class(args, lm, cfg, ds, classname: str, images: torch.Tensor, capti
 DATAGEN_HELP = {
     "accept_margin": "beyond the paper: also require the class's logit (x100) to beat the next class by this "
                      "margin; 0 = off (the paper). Confident images, like real ones, make forgetting transfer",
+    "sub_margin": "beyond the paper: --accept_margin drops by this after each failed attempt (never below 0), "
+                  "so a class whose images rarely get that confident still finishes",
     "augment_accept": "beyond the paper: also require the class to stay top under this many random "
                       "augmentations (shift, scale, blur, noise); 0 = off",
 }
@@ -443,9 +452,12 @@ def add_datagen_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("beyond the paper (beyond.py; off by default)")
     g.add_argument("--method", default="faithful", choices=list(DATAGEN_PRESETS),
                    help="'improved': three sets for 'train.py --method improved' in <out_dir> "
-                        "(default generated_<ARCH>_improved): the forget sets with --accept_margin 30, "
-                        "heldout/ (32 per class, another noise seed) and retain/ (8 per class of every class "
-                        "of the forget classes' datasets, another noise seed)")
+                        "(default generated_<ARCH>_improved): the forget sets with --accept_margin 30 and "
+                        "heldout/ (32 per class, another noise seed); with --retain_per_class also retain/")
+    g.add_argument("--retain_per_class", type=int, default=None,
+                   help="with --method improved: also make retain/, this many images of every class of the "
+                        "forget classes' datasets (another noise seed), for 'train.py --retain_weight' "
+                        "(default: 0 = none; the improved preset does not use them)")
     g.add_argument("--noise_seed", type=int, default=None,
                    help="seed of the starting noise only (default: --seed); a held-out set needs another one")
 
@@ -458,8 +470,9 @@ def datagen_method(main: Callable, validate: Callable, argv: list[str], args: ar
 
     from models import arch_tag
     preset = DATAGEN_PRESETS[args.method]
-    user = [a for i, a in enumerate(argv) if a != "--method" and (i == 0 or argv[i - 1] != "--method")
-            and not a.startswith("--method=")]
+    own = ("--method", "--retain_per_class")  # this function's options, not the plain runs'
+    user = [a for i, a in enumerate(argv) if a not in own and (i == 0 or argv[i - 1] not in own)
+            and not a.startswith(tuple(o + "=" for o in own))]
     out = Path(args.out_dir or f"generated_{arch_tag(args.backbone_arch)}{preset['generated_suffix']}")
     checked = copy(args)
     checked.out_dir = str(out)
@@ -470,7 +483,9 @@ def datagen_method(main: Callable, validate: Callable, argv: list[str], args: ar
     summaries = main(margin + user + ["--out_dir", str(out)])
     summaries += main(margin + user + ["--out_dir", str(out / "heldout"), "--n_generated", str(preset["heldout_n"]),
                                        "--noise_seed", str(seed + preset["heldout_seed_offset"])])
-    summaries += main(margin + user + ["--out_dir", str(out / "retain"), "--run_ds", used, "--forget_labels", "all",
-                                       "--n_generated", str(preset["retain_per_class"]),
-                                       "--noise_seed", str(seed + preset["retain_seed_offset"])])
+    n_retain = preset["retain_per_class"] if args.retain_per_class is None else args.retain_per_class
+    if n_retain > 0:
+        summaries += main(margin + user + ["--out_dir", str(out / "retain"), "--run_ds", used, "--forget_labels",
+                                           "all", "--n_generated", str(n_retain),
+                                           "--noise_seed", str(seed + preset["retain_seed_offset"])])
     return summaries

@@ -3,11 +3,13 @@
 A run folder (`results/results<ATTEMPT>/seed_<SEED>/`, written by train.py) holds `args.txt`,
 `logs.json` and `zeroshot_before.json`. `create_results` turns it into one DataFrame row per
 (dataset, forget class); `compute_avg_gain` gives the paper's score per row (lower is better);
-`aggregate_seeds` averages several seeds; `plot_results` draws before/after bars.
+`aggregate_seeds` averages several seeds; `compare_runs` puts runs side by side;
+`plot_results` draws before/after bars.
 
     python clip_forget_utils.py results/results1/seed_0/ --all_res 1
 
-writes `results.md` and `results.png` into that folder and prints the table.
+writes `results.md` and `results.png` into that folder and prints the table; given several
+folders (e.g. the faithful and the improved run) it also prints them side by side.
 """
 from __future__ import annotations
 
@@ -295,6 +297,27 @@ def aggregate_seeds(folders: str | Path | Sequence[str | Path], ddof: int = 1,
     return out.reset_index()
 
 
+def run_label(res_folder: str | Path) -> str:
+    """A run's method as its args.txt names it ('faithful', 'improved', ...), else the folder."""
+    res_folder = Path(res_folder)
+    args, _ = _read_args(res_folder, {})
+    return str(args.get("method") or res_folder)
+
+
+def compare_runs(folders: Sequence[str | Path], **create_results_kwargs: Any) -> pd.DataFrame:
+    """Rows of several run folders in one frame, first column `run` (run_label, or the folder
+    where two runs share a label), last column `score`."""
+    labels = [run_label(f) for f in folders]
+    if len(set(labels)) < len(labels):
+        labels = [str(f) for f in folders]
+    frames = []
+    for label, folder in zip(labels, folders):
+        df, _ = create_results(folder, **create_results_kwargs)
+        frames.append(df.assign(score=compute_avg_gain(df)).assign(run=label))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["run"] + [c for c in out.columns if c != "run"]]
+
+
 # ---------------------------------------------------------------- tables and plots
 
 def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
@@ -353,8 +376,9 @@ def plot_results(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Table, score and plot of one unlearning run folder (writes results.md and results.png there).")
-    p.add_argument("folder", help="a run folder, e.g. results/results1/seed_0/")
+        description="Table, score and plot of unlearning run folders (writes results.md and results.png in each); "
+                    "several folders are also printed side by side.")
+    p.add_argument("folders", nargs="+", metavar="folder", help="a run folder, e.g. results/results1/seed_0/")
     p.add_argument("--gen_data", type=int, choices=[0, 1], default=1,
                    help="1: show acc_val_hard, acc_val_true_data (synthetic data runs); 0: acc_train")
     p.add_argument("--all_res", type=int, choices=[0, 1], default=0,
@@ -366,11 +390,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    args = parse_args(argv)
-    folder = Path(args.folder)
-    problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
-    check_all(problems + (check_writable(folder) if folder.is_dir() else []))
+def report(folder: Path, args: argparse.Namespace) -> pd.DataFrame:
+    """Write results.md and results.png into one run folder and print its table."""
     df, _ = create_results(folder, gen_data=bool(args.gen_data), all_res=bool(args.all_res),
                            rn=bool(args.rn), log_name=args.log_name)
     if df.empty:
@@ -382,9 +403,32 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                                                         if notes else ""))
     atomic_write_text(folder / "results.md", text)
     plot_results(df, folder / "results.png")
-    print(table + ("\n".join(notes) + "\n" if notes else ""), end="")
-    print(f"wrote {folder / 'results.md'} and {folder / 'results.png'}")
+    print(f"{folder}:\n" + table + ("\n".join(notes) + "\n" if notes else ""), end="")
+    print(f"wrote {folder / 'results.md'} and {folder / 'results.png'}\n")
     return df
+
+
+def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    folders = [Path(f) for f in args.folders]
+    problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
+    for f in folders:  # every folder checked before the first report is written
+        try:
+            _logs_path(f, args.log_name)
+            problems += check_writable(f)
+        except UserError as e:
+            problems.append(str(e))
+    check_all(problems)
+    frames = [report(f, args) for f in folders]
+    if len(folders) == 1:
+        return frames[0]
+    side = compare_runs(folders, gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn),
+                        log_name=args.log_name).sort_values(["ds", "name"], kind="stable")
+    keep = ["run", "ds", "name", "cls_Noforget", "cls_forget", "full_Noforget", "full_forget"]
+    keep += [c for d in other_datasets(side) for c in (f"full_{d}", f"res_{d}")] + ["score"]
+    print("Side by side (cls: the forget class's test images, full: the rest of its dataset, "
+          "full_D / res_D: dataset D, before / after):\n" + to_markdown(side[keep], args.digits), end="")
+    return side
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class DatagenConfig:
     batch_size: int = 64  # images optimised in parallel
     max_failed: int = 200  # give up on a class after this many failed attempts (keeps what it has)
     accept_margin: float = 0.0  # beyond the paper (beyond.py): also need this logit margin (x100); 0 = off
+    sub_margin: float = 0.5  # beyond the paper: margin drop after each failed attempt (never below 0)
     augment_accept: int = 0  # beyond the paper: also hold under this many random augmentations; 0 = off
 
 
@@ -56,9 +57,11 @@ class SynthResult:
     probs: torch.Tensor  # class probability of each image at acceptance
     steps: torch.Tensor  # steps each image took
     thresholds: torch.Tensor  # threshold in force when each image was accepted
+    margins: torch.Tensor  # accept_margin in force when each image was accepted (beyond the paper)
     failed: int  # failed attempts
     complete: bool  # n_generated images were accepted
     total_steps: int  # optimisation steps of the batch
+    image_steps: int  # optimisation steps summed over the images of the batch
 
 
 def ascent_step(model, x: torch.Tensor, w_target: torch.Tensor, shift: tuple[int, int],
@@ -104,8 +107,8 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
         return torch.randn(n, 3, image_size, image_size, generator=generator).to(device)
 
     x, steps = noise(b), torch.zeros(b, dtype=torch.long, device=device)
-    threshold, failed, total = cfg.high_prob, 0, 0
-    kept: list[tuple] = []  # (image, prob, steps, threshold)
+    threshold, margin, failed, total, image_steps = cfg.high_prob, cfg.accept_margin, 0, 0, 0
+    kept: list[tuple] = []  # (image, prob, steps, threshold, margin)
     for p in model.parameters():
         p.requires_grad_(False)  # only the images get gradients
     try:
@@ -117,21 +120,25 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
                 x = torch.where(blur_now.view(-1, 1, 1, 1), blur(x, cfg.blur_sigma), x)
             steps += 1
             total += 1
+            image_steps += len(x)
             prob = class_probability(model, x, weights, target, mean, std)
             accepted = prob > threshold
-            if cfg.accept_margin > 0 or cfg.augment_accept > 0:
-                accepted = beyond.accept_mask(model, model_view(x, mean, std), weights, target, cfg.accept_margin,
+            if margin > 0 or cfg.augment_accept > 0:
+                accepted = beyond.accept_mask(model, model_view(x, mean, std), weights, target, margin,
                                               cfg.augment_accept, generator, accepted)
             for i in accepted.nonzero().flatten().tolist():  # clone: the slot is overwritten below
-                kept.append((x[i].detach().clone().cpu(), prob[i].item(), steps[i].item(), threshold))
+                kept.append((x[i].detach().clone().cpu(), prob[i].item(), steps[i].item(), threshold, margin))
             gave_up = ~accepted & (steps >= cfg.max_steps)
             for _ in range(int(gave_up.sum())):
                 failed += 1
                 threshold = max(cfg.min_prob, threshold - cfg.sub_prob)
-            restart = accepted | gave_up
-            if restart.any():  # fresh noise for every finished slot
-                x[restart] = noise(int(restart.sum()))
-                steps[restart] = 0
+                margin = max(0.0, margin - cfg.sub_margin)
+            done = accepted | gave_up
+            if done.any():  # fresh noise for finished slots, but only as many as can still be kept:
+                # the last images of a class run in a shrinking batch, no step is spent on surplus images
+                n_new = min(int(done.sum()), cfg.n_generated - len(kept) - int((~done).sum()))
+                x = torch.cat([x[~done], noise(max(n_new, 0))])
+                steps = torch.cat([steps[~done], steps.new_zeros(max(n_new, 0))])
             if progress is not None:
                 progress.n = min(len(kept), cfg.n_generated)
                 progress.set_postfix(threshold=f"{threshold:.3f}", failed=failed, refresh=False)
@@ -144,8 +151,8 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
     return SynthResult(
         images=torch.stack([k[0] for k in kept]) if kept else empty,
         probs=torch.tensor([k[1] for k in kept]), steps=torch.tensor([k[2] for k in kept], dtype=torch.long),
-        thresholds=torch.tensor([k[3] for k in kept]), failed=failed,
-        complete=len(kept) >= cfg.n_generated, total_steps=total)
+        thresholds=torch.tensor([k[3] for k in kept]), margins=torch.tensor([k[4] for k in kept]), failed=failed,
+        complete=len(kept) >= cfg.n_generated, total_steps=total, image_steps=image_steps)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -174,10 +181,14 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
     for name in ("n_generated", "batch_size", "max_steps", "blur_every", "max_failed"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.retain_per_class is not None and args.method == "faithful":
+        problems.append("--retain_per_class needs --method improved")
+    elif args.retain_per_class is not None and args.retain_per_class < 0:
+        problems.append(f"--retain_per_class must be at least 0, got {args.retain_per_class}")
     for name in ("lr", "blur_sigma"):
         if not getattr(args, name) > 0:
             problems.append(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("l2_reg", "max_jitter"):
+    for name in ("l2_reg", "max_jitter", "sub_margin"):
         if getattr(args, name) < 0:
             problems.append(f"--{name} must be at least 0, got {getattr(args, name)}")
     tag, model_problems = check_model(args.backbone_arch, args.pretrained)
@@ -243,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 **({} if args.noise_seed is None else {"noise_seed": args.noise_seed}),
                 "complete": res.complete, "n_requested": cfg.n_generated, "failed_attempts": res.failed,
                 "final_threshold": float(res.thresholds[-1]) if len(res.thresholds) else cfg.high_prob,
+                "final_accept_margin": float(res.margins[-1]) if len(res.margins) else cfg.accept_margin,
                 "total_steps": res.total_steps, "seconds": round(secs, 2), "config": asdict(cfg)}
         save_synthetic(path, res.images, res.probs, res.steps, res.thresholds, meta)
         status = "complete" if res.complete else f"INCOMPLETE after {res.failed} failed attempts (kept what was accepted)"

@@ -455,7 +455,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with tqdm(total=cfg.max_epochs, desc=f"{ds_name}/{classname}", unit="epoch") as bar:
             try:
                 best, rec = unlearn(model, x, tokens, syn_accuracy, cfg, gen, bar) if beyond.is_faithful(args) \
-                    else beyond.unlearn_class(args, lm, cfg, ds, classname, x, tokens, syn_accuracy, gen, bar)
+                    else beyond.unlearn_class(args, lm, cfg, ds, classname, x, tokens, syn_accuracy, gen, bar,
+                                              [o.prompt(c) for o in datasets.values() if o is not ds
+                                               for c in o.classnames])
             except NonFiniteLoss as e:
                 best, rec = {}, getattr(e, "record", UnlearnRecord())
                 status = f"error: {e}; this class keeps the original model"

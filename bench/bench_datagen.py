@@ -93,7 +93,7 @@ def main() -> None:
     res = synthesise(lm.model, w, target, size, cfg, torch.Generator().manual_seed(0), args.device)
     sync()
     t_batch = time.perf_counter() - t0
-    image_steps = int(res.total_steps) * min(cfg.batch_size, cfg.n_generated)
+    image_steps = res.image_steps
     row = {"arch": lm.tag, "device": args.device, "image_size": size, "n": args.n, "batch_size": args.batch_size,
            "naive_images": n_naive, "naive_s": round(t_naive, 3), "naive_img_per_s": n_naive / t_naive,
            "naive_image_steps_per_s": steps_naive / t_naive,

@@ -53,6 +53,21 @@ def test_augmented_acceptance_rejects_an_image_that_only_holds_unaugmented():
     assert not beyond.accept_mask(MeanModel(), robust, W2, 0, 20, 0, gen, torch.zeros(1, dtype=torch.bool)).item()
 
 
+def test_accept_margin_decays_after_failed_attempts_so_a_hard_class_finishes(demo, digits):
+    from datagen import DatagenConfig, synthesise
+    from zeroshot import classifier_weights
+    w = classifier_weights(demo, digits, "cpu")
+    # a margin no image reaches (1000 logits): every attempt fails until it has dropped to 0 ...
+    cfg = DatagenConfig(n_generated=4, high_prob=0.5, max_steps=20, batch_size=4, max_failed=400,
+                        accept_margin=1000.0, sub_margin=250.0)
+    res = synthesise(demo.model, w, 3, 32, cfg, torch.Generator().manual_seed(0), "cpu")
+    assert res.complete and res.failed >= 4 and (res.margins == 0).all()
+    # ... without the decay it never finishes and keeps nothing
+    cfg.sub_margin, cfg.max_failed = 0.0, 8
+    res = synthesise(demo.model, w, 3, 32, cfg, torch.Generator().manual_seed(0), "cpu")
+    assert not res.complete and len(res.images) == 0
+
+
 # ----------------------------------------------------------------------------- with the demo CLIP
 @pytest.fixture()
 def model(demo):
@@ -124,6 +139,17 @@ def test_token_tower_changes_only_the_forget_class_name_rows(model, prompts, dem
     others = [i for i in range(10) if i != idx]
     assert torch.allclose(w1[:, others], w0[:, others], atol=1e-6)  # every other class's prompt: unchanged
     assert (w1[:, idx] * w0[:, idx]).sum() < 0.999
+
+
+def test_token_rows_exclude_tokens_of_the_other_datasets_prompts(model, prompts, demo, digits):
+    idx = digits.classnames.index("three")
+    rows = beyond.own_token_rows(prompts, idx)
+    assert beyond.own_token_rows(prompts, idx, demo.tokenizer(["a photo of a square."])) == rows
+    assert beyond.own_token_rows(prompts, idx, demo.tokenizer(["three circles."])) == []  # "three" shared
+    cfg = beyond.DirectConfig(max_steps=1, stop_at=-1.0, token_rows=[], frozen=beyond.tower_patterns("token"))
+    with pytest.raises(beyond.UserError, match="--towers text"):
+        beyond.unlearn_direct(model, torch.zeros(2, 3, 32, 32), prompts, prompts[:1], idx, lambda: 1.0, cfg,
+                              torch.Generator())
 
 
 def test_heldout_rule_counts_images_above_the_margin(model, prompts):
@@ -214,10 +240,33 @@ def test_improved_method_runs_with_its_side_sets(tmp_path, data_root, star_sets)
     s = logs["Shapes"]["star"]["summary"]
     assert s["status"] == "done" and 1 <= s["steps"] <= 3 and len(s["trace"]) == s["steps"]
     assert s["changed_tensors"] == ["token_embedding.weight"]
-    assert s["trace"][0]["retain"] >= 0
+    assert all(t["retain"] == 0 for t in s["trace"])  # the preset has no retain term ...
     settings = json.loads((tmp_path / "improved" / "args.txt").read_text())
     assert settings["objective"] == "hinge" and settings["stop"] == "margin" and settings["towers"] == "token"
-    assert settings["heldout_dir"].endswith("heldout") and settings["retain_dir"].endswith("retain")
+    assert settings["heldout_dir"].endswith("heldout") and settings["retain_dir"] is None
+    # ... an explicit --retain_weight adds it, read from the retain sets, and drifts from 0 after the first step
+    logs = _train(tmp_path, data_root, star_sets, "retain", "--method", "improved", "--towers", "text",
+                  "--lr", "2e-4", "--retain_weight", "1", "--max_steps", "3", "--stop_margin", "1000")
+    trace = logs["Shapes"]["star"]["summary"]["trace"]
+    assert trace[0]["retain"] == 0 and trace[-1]["retain"] > 0
+
+
+def test_datagen_improved_makes_forget_and_heldout_sets_and_retain_on_request(tmp_path, data_root, shapes):
+    from synthetic import read_synthetic
+    fast = ["--accept_margin", "2", "--max_steps", "50", "--n_generated", "3"]
+    _datagen(tmp_path, data_root, tmp_path / "a", "--method", "improved", *fast)
+    forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "star.pt"), \
+        read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "star.pt")
+    assert forget["meta"]["config"]["accept_margin"] == 2.0  # the user's option wins over the preset's 30
+    assert len(forget["images"]) == 3 and len(held["images"]) == beyond.DATAGEN_PRESETS["improved"]["heldout_n"]
+    assert beyond.noise_seed(held["meta"]) != beyond.noise_seed(forget["meta"])
+    assert not (tmp_path / "a" / "retain").exists()
+    _datagen(tmp_path, data_root, tmp_path / "b", "--method", "improved", "--retain_per_class", "2", *fast)
+    retain = sorted(p.stem for p in (tmp_path / "b" / "retain" / "Shapes").glob("*.pt"))
+    assert retain == sorted(shapes.classnames)
+    from common import UserError
+    with pytest.raises(UserError, match="--retain_per_class needs --method improved"):
+        _datagen(tmp_path, data_root, tmp_path / "c", "--retain_per_class", "2")
 
 
 def test_options_are_validated_and_documented(tmp_path, data_root, star_sets, capsys):

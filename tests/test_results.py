@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clip_forget_utils import aggregate_seeds, compute_avg_gain, create_results, main, plot_results
+from clip_forget_utils import aggregate_seeds, compare_runs, compute_avg_gain, create_results, main, plot_results
 from common import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,6 +309,30 @@ def test_cli_writes_png_and_markdown(tmp_path):
         for cell, value in zip(cells[2:], row.iloc[2:]):
             assert cell == ("-" if math.isnan(value) else f"{value:.3f}")
     assert rows[0][header.index("score")] == f"{(0.1 / 0.75 + (0.85 - 0.8) / 0.85 + (0.64 - 0.6) / 0.64) / 3:.3f}"
+
+
+def test_cli_puts_two_runs_side_by_side(tmp_path, capsys):
+    faithful = our_run(tmp_path / "results1" / "seed_0")
+    improved = our_run(tmp_path / "results1_improved" / "seed_0", three=(0.0, 0.84, 0.64), star=(0.05, 0.65, 0.82))
+    args = json.loads((improved / "args.txt").read_text())
+    (improved / "args.txt").write_text(json.dumps({**args, "method": "improved"}))
+    (faithful / "args.txt").write_text(json.dumps({**args, "method": "faithful"}))
+    side = main([str(faithful), str(improved), "--all_res", "1"])
+    assert (faithful / "results.png").is_file() and (improved / "results.md").is_file()
+    assert side[["run", "name"]].values.tolist() == [["faithful", "three"], ["improved", "three"],
+                                                     ["faithful", "star"], ["improved", "star"]]
+    out = capsys.readouterr().out
+    table = markdown_rows(out[out.index("Side by side"):])
+    assert table[0][:5] == ["run", "ds", "name", "cls_Noforget", "cls_forget"]
+    rows = {(r[0], r[2]): r for r in table[1:]}
+    assert rows[("improved", "three")][4] == "0.000" and rows[("faithful", "three")][4] == "0.100"
+    assert rows[("improved", "star")][table[0].index("res_Digits")] == "0.820"
+    # two runs with the same method are told apart by their folders; a missing folder fails before any report
+    assert set(compare_runs([faithful, faithful]).run) == {str(faithful)}
+    (improved / "results.md").unlink()
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, [str(improved), str(tmp_path / "nope")])
+    assert e.value.code == 2 and not (improved / "results.md").exists()
 
 
 def test_cli_help_and_user_errors(tmp_path, capsys):
