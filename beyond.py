@@ -434,6 +434,7 @@ def unlearn_class(args, lm, cfg, ds, classname: str, images: torch.Tensor, capti
         dcfg.token_rows = own_token_rows(prompts, idx, also)
     if progress is not None:
         progress.reset(total=dcfg.max_steps)
+        progress.unit = "step"
     return unlearn_direct(lm.model, images, prompts, caption_tokens, idx, watch, dcfg, generator, retain, progress)
 
 

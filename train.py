@@ -494,7 +494,8 @@ def summary_line(ds: str, cls: str, before: dict, final: dict, rec: UnlearnRecor
     parts += [f"{d} {fmt(next(iter(before[d].values()))['full_acc'])}->{fmt(v['all']['all_ds'])}"
               for d, v in final.items() if d != ds]
     parts.append(f"synthetic {fmt(rec.acc_before)}->{fmt(f.get('acc_val_hard', f.get('acc_train')))}")
-    tail = f"{rec.epochs} epochs, {rec.rollbacks} rollbacks, {secs:.1f} s"
+    tail = (f"{rec.steps} steps" if hasattr(rec, "trace")  # beyond.py's hinge loop
+            else f"{rec.epochs} epochs, {rec.rollbacks} rollbacks") + f", {secs:.1f} s"
     return f"{ds}/{cls}: " + " | ".join(parts) + f" | {tail}" + ("" if status == "done" else f" | {status}")
 
 
