@@ -253,7 +253,7 @@ def test_improved_method_runs_with_its_side_sets(tmp_path, data_root, star_sets)
 
 def test_datagen_improved_makes_forget_and_heldout_sets_and_retain_on_request(tmp_path, data_root, shapes):
     from synthetic import read_synthetic
-    fast = ["--accept_margin", "2", "--max_steps", "50", "--n_generated", "3"]
+    fast = ["--accept_margin", "2", "--max_steps", "30", "--n_generated", "3", "--high_prob", "0.5", "--max_failed", "2"]
     _datagen(tmp_path, data_root, tmp_path / "a", "--method", "improved", *fast)
     forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "star.pt"), \
         read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "star.pt")
