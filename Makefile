@@ -27,7 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_datagen.py
-	$(PY) bench/bench_datagen.py --arch RN50 --pretrained none --n 8 --batch_size 8 --max_steps 4 --high_prob 0.2
+	$(PY) bench/bench_datagen.py --arch RN50 --pretrained none --n 8 --batch_size 8 --max_steps 6 --high_prob 0.12
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_train.py --arch RN50 --pretrained none --batch 4 --n_samples 5 --steps 2
 	$(PY) bench/bench_train.py --arch ViT-B/16 --pretrained none --batch 4 --n_samples 5 --steps 2
