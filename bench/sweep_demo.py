@@ -10,9 +10,9 @@ trained on) and on the TEST split (to report), plus the paper's score (compute_a
     .venv/bin/python bench/sweep_demo.py                       # demo classes (three, star), 3 seeds
     .venv/bin/python bench/sweep_demo.py --classes seven,one,circle,heart --settings faithful,improved
 
-Writes bench/out/sweep/runs.csv (one row per setting, class, seed), summary.md / summary.csv
+Writes (--out, default bench/out/sweep) runs.csv (one row per setting, class, seed), summary.md / summary.csv
 (mean +- std over classes and seeds per setting and class group) and tradeoff.png.
-Finished (setting, seed) runs are reused: delete bench/out/sweep/runs/<setting> to redo one.
+Finished (setting, class, seed) runs are reused: delete <out>/runs/<setting> to redo one.
 """
 from __future__ import annotations
 
@@ -208,7 +208,10 @@ def main() -> None:
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"any of {', '.join(SETTINGS)}")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--report_only", action="store_true", help="only rebuild the tables and plot from runs.csv")
+    p.add_argument("--out", default=str(OUT), help="output folder")
     args = p.parse_args()
+    global OUT
+    OUT = Path(args.out)
     if args.report_only:
         return report(pd.read_csv(OUT / "runs.csv"))
     torch.set_num_threads(args.threads)
