@@ -202,6 +202,7 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
+    global OUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classes", default=",".join(DEMO_CLASSES), help="forget classes (Digits or Shapes)")
     p.add_argument("--seeds", default="0,1,2")
@@ -210,7 +211,6 @@ def main() -> None:
     p.add_argument("--report_only", action="store_true", help="only rebuild the tables and plot from runs.csv")
     p.add_argument("--out", default=str(OUT), help="output folder")
     args = p.parse_args()
-    global OUT
     OUT = Path(args.out)
     if args.report_only:
         return report(pd.read_csv(OUT / "runs.csv"))
