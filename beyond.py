@@ -98,7 +98,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add("--towers", default=None, choices=TOWERS,
                    help="what may change: both (the paper's towers), text (transformer blocks), image, or token: "
                         "only the token-embedding rows of the forget class's name (tokens no other class prompt "
-                        "of its dataset uses; hinge objectives only) (default: both)")
+                        "of the run's datasets uses; hinge objectives only) (default: both)")
     add("--augment", type=int, default=None,
                    help="1: re-augment the synthetic images every step (shift, scale, noise; hinge objectives)")
     add("--max_steps", type=int, default=None,

@@ -307,14 +307,16 @@ def run_label(res_folder: str | Path) -> str:
 def compare_runs(folders: Sequence[str | Path], **create_results_kwargs: Any) -> pd.DataFrame:
     """Rows of several run folders in one frame, first column `run` (run_label, or the folder
     where two runs share a label), last column `score`."""
+    return _side_by_side(folders, [create_results(f, **create_results_kwargs)[0] for f in folders])
+
+
+def _side_by_side(folders: Sequence[str | Path], frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """compare_runs on frames already read from `folders` (create_results, same order)."""
     labels = [run_label(f) for f in folders]
     if len(set(labels)) < len(labels):
         labels = [str(f) for f in folders]
-    frames = []
-    for label, folder in zip(labels, folders):
-        df, _ = create_results(folder, **create_results_kwargs)
-        frames.append(df.assign(score=compute_avg_gain(df)).assign(run=label))
-    out = pd.concat(frames, ignore_index=True)
+    out = pd.concat([df.assign(score=compute_avg_gain(df), run=label) for label, df in zip(labels, frames)],
+                    ignore_index=True)
     return out[["run"] + [c for c in out.columns if c != "run"]]
 
 
@@ -422,8 +424,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     frames = [report(f, args) for f in folders]
     if len(folders) == 1:
         return frames[0]
-    side = compare_runs(folders, gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn),
-                        log_name=args.log_name).sort_values(["ds", "name"], kind="stable")
+    side = _side_by_side(folders, frames).sort_values(["ds", "name"], kind="stable")
     keep = ["run", "ds", "name", "cls_Noforget", "cls_forget", "full_Noforget", "full_forget"]
     keep += [c for d in other_datasets(side) for c in (f"full_{d}", f"res_{d}")] + ["score"]
     print("Side by side (cls: the forget class's test images, full: the rest of its dataset, "

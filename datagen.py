@@ -136,9 +136,9 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
             done = accepted | gave_up
             if done.any():  # fresh noise for finished slots, but only as many as can still be kept:
                 # the last images of a class run in a shrinking batch, no step is spent on surplus images
-                n_new = min(int(done.sum()), cfg.n_generated - len(kept) - int((~done).sum()))
-                x = torch.cat([x[~done], noise(max(n_new, 0))])
-                steps = torch.cat([steps[~done], steps.new_zeros(max(n_new, 0))])
+                n_new = max(0, min(int(done.sum()), cfg.n_generated - len(kept) - int((~done).sum())))
+                x = torch.cat([x[~done], noise(n_new)])
+                steps = torch.cat([steps[~done], steps.new_zeros(n_new)])
             if progress is not None:
                 progress.n = min(len(kept), cfg.n_generated)
                 progress.set_postfix(threshold=f"{threshold:.3f}", failed=failed, refresh=False)
