@@ -19,7 +19,13 @@ def _configs() -> dict[str, DatasetConfig]:
     for f in sorted((REPO / "configs" / "datasets").glob("*.yaml")):
         raw = yaml.safe_load(f.read_text())
         known = {k: raw.pop(k) for k in ("name", "folder", "image_dir", "split_file", "template", "module")}
-        cfgs[known["name"]] = DatasetConfig(**known, extra=raw)
+        aliases = raw.pop("aliases", None) or {}
+        if "aliases_file" in raw:  # shared by several datasets: {dataset: {classname: [alias, ...]}}
+            shared = yaml.safe_load((REPO / "configs" / raw.pop("aliases_file")).read_text()) or {}
+            aliases = {**shared.get(known["name"], {}), **aliases}
+        ensemble = raw.pop("ensemble_templates", None)
+        cfgs[known["name"]] = DatasetConfig(**known, extra=raw, ensemble_templates=ensemble,
+                                            aliases={c: [a] if isinstance(a, str) else list(a) for c, a in aliases.items()})
     return cfgs
 
 

@@ -36,6 +36,12 @@ class DatasetConfig:
     template: str  # zero-shot prompt, e.g. "a photo of a {}."
     module: str  # the datasets/<module>.py that knows how to build a missing split
     extra: dict = field(default_factory=dict)  # reader-specific settings
+    # every prompt template of the dataset, for the template-ensemble audit: a list of format strings,
+    # or "openai_imagenet" for the 80 CLIP ImageNet templates that open_clip ships (default: [template])
+    ensemble_templates: list | str | None = None
+    # other names of classes, {classname: [alias, ...]}, for the alias audit: inline in the YAML, or
+    # `aliases_file:` (below configs/) shared by several datasets
+    aliases: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +54,8 @@ class DatasetSplits:
     val: list[Datum]
     test: list[Datum]
     root: Path
+    templates: list = field(default_factory=list)  # the ensemble: format strings or callables (open_clip's)
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # {classname: [other names]}
 
     def split(self, which: str) -> list[Datum]:
         return {"train": self.train, "val": self.val, "test": self.test}[which]
@@ -107,7 +115,17 @@ def splits_from_file(cfg: DatasetConfig, root: Path, split: dict[str, list]) -> 
         raise UserError(f"{cfg.name}: class '{empty[0]}' has no test image in {root / cfg.split_file}"
                         f" ({len(empty)} such classes); {DATASETS_DOC}")
     return DatasetSplits(cfg.name, classnames, cfg.template, items["train"], items["val"],
-                         items["test"], root)
+                         items["test"], root, ensemble_templates(cfg),
+                         {c: list(a) for c, a in cfg.aliases.items() if c in classnames})
+
+
+def ensemble_templates(cfg: DatasetConfig) -> list:
+    """The dataset's template ensemble (its own template first when it is a list of strings)."""
+    if cfg.ensemble_templates == "openai_imagenet":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+        return list(OPENAI_IMAGENET_TEMPLATES)
+    templates = list(cfg.ensemble_templates or [])
+    return templates if cfg.template in templates else [cfg.template, *templates]
 
 
 def load_rgb(path: str) -> Image.Image:
