@@ -7,7 +7,9 @@ image directory, split file and prompt template of each dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -149,6 +151,37 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         d = self.items[i]
         return self.transform(load_rgb(d.impath)), d.label
+
+
+GENERATOR_STAMP = "generator_stamp.txt"  # beside the split file of a generated dataset
+
+
+def generator_stamp(cfg: DatasetConfig, source_file: str) -> str:
+    """What a generated dataset's images depend on: its generator's code and settings."""
+    h = hashlib.sha1(Path(source_file).read_bytes())
+    h.update(json.dumps([cfg.image_dir, cfg.split_file, cfg.extra], sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def materialise_generated(root: Path, cfg: DatasetConfig, source_file: str,
+                          make: Callable[[], tuple[list[str], dict[str, list[tuple[Image.Image, int]]]]]) -> None:
+    """Write a generated (demo) dataset unless the one on disk came from the same generator.
+
+    `make()` returns (classnames, {split: [(image, label), ...]}). A dataset made by other code or
+    settings (a stale stamp, or none) is deleted and made again, so a changed demo world never
+    reads old images.
+    """
+    stamp = generator_stamp(cfg, source_file)
+    stamp_file = root / GENERATOR_STAMP
+    if (root / cfg.split_file).is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return
+    for old in (stamp_file, root / cfg.split_file):
+        old.unlink(missing_ok=True)
+    shutil.rmtree(root / cfg.image_dir, ignore_errors=True)  # images of renamed classes must not linger
+    classnames, splits = make()
+    write_generated_dataset(root, cfg, classnames, splits)
+    from common import atomic_write_text
+    atomic_write_text(stamp_file, stamp)  # last: a dataset with a current stamp is complete
 
 
 def write_generated_dataset(root: Path, cfg: DatasetConfig, classnames: list[str],

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets.base import DatasetConfig, write_generated_dataset
+from datasets.base import DatasetConfig, materialise_generated
 
 CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def materialise(root: Path, cfg: DatasetConfig) -> None:
-    if (root / cfg.split_file).is_file():
-        return
+    materialise_generated(root, cfg, __file__, lambda: (CLASSNAMES, _split(cfg)))
+
+
+def _split(cfg: DatasetConfig) -> dict[str, list]:
     from sklearn.datasets import load_digits  # only needed the first time
 
     size, seed = cfg.extra["image_size"], cfg.extra["seed"]
@@ -32,4 +34,4 @@ def materialise(root: Path, cfg: DatasetConfig) -> None:
             for i in ids:
                 img = Image.fromarray(images[i]).resize((size, size), Image.BILINEAR).convert("RGB")
                 splits[split].append((img, label))
-    write_generated_dataset(root, cfg, CLASSNAMES, splits)
+    return splits
