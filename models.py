@@ -6,15 +6,17 @@ preprocessing (taken from open_clip, SPEC §5) and its tokenizer.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import open_clip
 import torch
 
-from common import REPO, UserError, atomic_torch_save, cache_dir, close_names, default_data_root
+from common import REPO, UserError, atomic_torch_save, atomic_write_json, cache_dir, check_all, close_names, \
+    default_data_root
 
 # The paper's spellings -> open_clip configs with QuickGELU, which OpenAI's weights were trained with
 # (the plain configs use GELU and only warn when given OpenAI weights: SPEC §5).
@@ -150,17 +152,41 @@ def _demo_key() -> str:
     return h.hexdigest()[:12]
 
 
-def demo_weights_path() -> Path:
-    return cache_dir() / "demo" / f"demo-{_demo_key()}.pt"
+def demo_weights_path(left_out: Sequence[tuple[str, str]] = ()) -> Path:
+    """Where the demo weights are cached; with `left_out`, those of the oracle without those classes."""
+    if not left_out:
+        return cache_dir() / "demo" / f"demo-{_demo_key()}.pt"
+    key = hashlib.sha1(json.dumps(sorted({tuple(p) for p in left_out})).encode()).hexdigest()[:12]
+    return cache_dir() / "demo" / f"oracle-{_demo_key()}-{key}.pt"
 
 
-def _demo_weights(model, preprocess, tokenizer, data_root: str) -> dict:
-    """The demo CLIP's weights: trained once on CPU (deterministic), then read from the cache."""
-    path = demo_weights_path()
+def _demo_weights(model, preprocess, tokenizer, data_root: str, left_out: Sequence[tuple[str, str]] = ()) -> dict:
+    """The demo CLIP's (or an oracle's) weights: trained once on CPU (deterministic), then read from the cache."""
+    path = demo_weights_path(left_out)
     if not path.is_file():
         from demo_world import train_demo_model
-        print(f"training the demo CLIP once (cached at {path}) ...")
-        record = train_demo_model(model, preprocess, tokenizer, data_root)
-        print(f"demo CLIP trained in {record['seconds']} s")
+        what = f"the demo CLIP without {sorted(map(tuple, left_out))}" if left_out else "the demo CLIP"
+        print(f"training {what} once (cached at {path}) ...")
+        record = train_demo_model(model, preprocess, tokenizer, data_root, left_out)
+        print(f"{what} trained in {record['seconds']} s")
         atomic_torch_save(path, model.state_dict())
+        atomic_write_json(path.with_suffix(".json"), record)  # what the file is, for people
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_demo_oracle(left_out: Sequence[tuple[str, str]], device: str = "cpu",
+                     data_root: str | None = None) -> LoadedModel:
+    """The oracle of unlearning: the demo CLIP retrained without the images of the `left_out`
+    (dataset, classname) pairs (same seed, captions and schedule: demo_world.py), trained on
+    first use and cached. Its `pretrained` is the cached file, so its baselines and results are
+    keyed apart from the demo CLIP's."""
+    from demo_world import demo_data, left_out_problems
+    data_root = data_root or default_data_root()
+    left_out = sorted({tuple(p) for p in left_out}) if not isinstance(left_out, str) else [left_out]
+    problems = left_out_problems(demo_data(data_root).classes, left_out)
+    check_all(problems or ([] if left_out else ["the oracle needs at least one (dataset, classname) to leave out"]))
+    lm = load_model(DEMO, "none", "cpu")
+    lm.model.load_state_dict(_demo_weights(lm.model, lm.preprocess, lm.tokenizer, data_root, left_out))
+    lm.model = lm.model.to(device).eval()
+    lm.pretrained = str(demo_weights_path(left_out))
+    return lm

@@ -7,7 +7,7 @@ once per setting on every chosen forget class, and measure the real accuracy of
 on the VAL split (to choose settings: the forget class's val images are only measured, never
 trained on) and on the TEST split (to report), plus the paper's score (compute_avg_gain, test).
 
-    .venv/bin/python bench/sweep_demo.py                       # demo classes (three, star), 3 seeds
+    .venv/bin/python bench/sweep_demo.py                       # demo classes (three, red star), 3 seeds
     .venv/bin/python bench/sweep_demo.py --classes seven,one,circle,heart --settings faithful,improved
 
 Writes (--out, default bench/out/sweep) runs.csv (one row per setting, class, seed), summary.md / summary.csv
@@ -39,7 +39,7 @@ from models import load_model  # noqa: E402
 from zeroshot import classifier_weights, logits  # noqa: E402
 
 OUT = REPO / "bench" / "out" / "sweep"
-DEMO_CLASSES = ["three", "star"]
+DEMO_CLASSES = ["three", "red star"]
 OTHER_CLASSES = ["seven", "one", "circle", "heart"]
 # synthetic sets: name -> datagen.py options
 GEN_KINDS: dict[str, list[str]] = {

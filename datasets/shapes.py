@@ -1,20 +1,29 @@
-"""Shapes: coloured geometric shapes generated deterministically, for the demo world.
+"""Shapes: coloured shapes, one class per colour x shape ('red star', 'blue star', 'red circle', ...).
 
-Each image is drawn at 2x size with a random colour pair, size, position and rotation, then
-shrunk to the configured size (anti-aliased). Per class: 500 train, 50 val, 60 test images.
+Class names share words the way the paper's fine-grained classes do ('toy poodle' / 'toy
+terrier'): forgetting 'red star' must keep 'blue star' and 'red circle', and neither the colour
+nor the shape alone names a class. Each image is drawn at 2x size on a near-grey background with
+a jittered hue, saturation and brightness of its colour, a random size, position and rotation,
+then shrunk to the configured size (anti-aliased) and given a little pixel noise.
+Generated deterministically; per class: 300 train, 40 val, 60 test images.
 """
 from __future__ import annotations
 
+import colorsys
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datasets.base import DatasetConfig, write_generated_dataset
+from datasets.base import DatasetConfig, materialise_generated
 
-CLASSNAMES = ["circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart"]
-PER_CLASS = {"train": 500, "val": 50, "test": 60}
+HUES = {"red": 0.0, "yellow": 0.15, "green": 0.33, "blue": 0.62}  # centre hue of each colour (HSV, 0-1)
+SHAPES = ["circle", "square", "triangle", "star"]
+CLASSNAMES = [f"{colour} {shape}" for colour in HUES for shape in SHAPES]
+PER_CLASS = {"train": 300, "val": 40, "test": 60}
+HUE_JITTER = 0.03  # +- around the centre hue: far from the next colour (>= 0.15 away)
+PIXEL_NOISE = 0.03  # std of the Gaussian noise added to the final image (pixels in 0-1)
 
 
 def _polygon(n: int, r: float, angle: float, inner: float | None = None) -> list[tuple[float, float]]:
@@ -27,63 +36,48 @@ def _polygon(n: int, r: float, angle: float, inner: float | None = None) -> list
     return pts
 
 
-def _shape_points(name: str, r: float, angle: float) -> list[list[tuple[float, float]]]:
-    """Outline(s) of a shape centred at 0, as polygons; later ones are drawn in background colour."""
-    if name == "circle":
-        return [_polygon(48, r, 0)]
-    if name == "square":
-        return [_polygon(4, r, angle)]
-    if name == "triangle":
-        return [_polygon(3, r, angle)]
-    if name == "star":
-        return [_polygon(5, r, angle, inner=0.42)]
-    if name == "cross":
-        w = r / 3
-        arm = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
-        c, s = math.cos(angle), math.sin(angle)
-        return [[(x * c - y * s, x * s + y * c) for x, y in arm]]
-    if name == "ring":
-        return [_polygon(48, r, 0), _polygon(48, r * 0.55, 0)]
-    if name == "crescent":
-        dx, dy = 0.45 * r * math.cos(angle), 0.45 * r * math.sin(angle)
-        return [_polygon(48, r, 0), [(x + dx, y + dy) for x, y in _polygon(48, r * 0.85, 0)]]
-    if name == "heart":
-        pts = []
-        for i in range(64):
-            t = 2 * math.pi * i / 64
-            x = 16 * math.sin(t) ** 3
-            y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
-            pts.append((x * r / 17, y * r / 17))
-        a = (angle % (math.pi / 2)) - math.pi / 4  # keep hearts roughly upright
-        c, s = math.cos(a), math.sin(a)
-        return [[(x * c - y * s, x * s + y * c) for x, y in pts]]
-    raise ValueError(name)
+def _outline(shape: str, r: float, angle: float) -> list[tuple[float, float]]:
+    """The shape's outline centred at 0, as a polygon."""
+    if shape == "circle":
+        return _polygon(48, r, 0)
+    if shape == "square":
+        return _polygon(4, r, angle)
+    if shape == "triangle":
+        return _polygon(3, r, angle)
+    if shape == "star":
+        return _polygon(5, r, angle, inner=0.45)
+    raise ValueError(shape)
 
 
-def draw_shape(name: str, size: int, rng: np.random.Generator) -> Image.Image:
+def _colour(colour: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    hue = (HUES[colour] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
+    return tuple(int(255 * v) for v in rgb)
+
+
+def draw_shape(classname: str, size: int, rng: np.random.Generator) -> Image.Image:
+    colour, shape = classname.split(" ")
     big = 2 * size
-    fg = rng.integers(0, 256, 3)
-    bg = rng.integers(0, 256, 3)
-    while np.abs(fg.astype(int) - bg.astype(int)).sum() < 200:  # keep the shape visible
-        bg = rng.integers(0, 256, 3)
-    img = Image.new("RGB", (big, big), tuple(int(v) for v in bg))
-    draw = ImageDraw.Draw(img)
-    r = big * rng.uniform(0.22, 0.42)
+    grey = rng.uniform(0.15, 0.85) + rng.uniform(-0.04, 0.04, 3)  # a faint tint, never a class colour
+    img = Image.new("RGB", (big, big), tuple(int(255 * v) for v in grey))
+    r = big * rng.uniform(0.24, 0.42)
     cx, cy = rng.uniform(r, big - r, 2)
-    angle = rng.uniform(0, 2 * math.pi)
-    for i, poly in enumerate(_shape_points(name, r, angle)):
-        colour = fg if i == 0 else bg
-        draw.polygon([(cx + x, cy + y) for x, y in poly], fill=tuple(int(v) for v in colour))
-    return img.resize((size, size), Image.LANCZOS)
+    poly = _outline(shape, r, rng.uniform(0, 2 * math.pi))
+    ImageDraw.Draw(img).polygon([(cx + x, cy + y) for x, y in poly], fill=_colour(colour, rng))
+    pixels = np.asarray(img.resize((size, size), Image.LANCZOS)) / 255.0
+    pixels = pixels + rng.normal(0, PIXEL_NOISE, pixels.shape)
+    return Image.fromarray((255 * pixels.clip(0, 1)).round().astype(np.uint8))
 
 
 def materialise(root: Path, cfg: DatasetConfig) -> None:
-    if (root / cfg.split_file).is_file():
-        return
+    materialise_generated(root, cfg, __file__, lambda: (CLASSNAMES, _split(cfg)))
+
+
+def _split(cfg: DatasetConfig) -> dict[str, list]:
     size, seed = cfg.extra["image_size"], cfg.extra["seed"]
     splits: dict[str, list] = {s: [] for s in PER_CLASS}
     for label, name in enumerate(CLASSNAMES):
         rng = np.random.default_rng([seed, label])  # each class drawn from its own stream
         for split, n in PER_CLASS.items():
             splits[split] += [(draw_shape(name, size, rng), label) for _ in range(n)]
-    write_generated_dataset(root, cfg, CLASSNAMES, splits)
+    return splits

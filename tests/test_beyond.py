@@ -166,7 +166,7 @@ def test_heldout_rule_counts_images_above_the_margin(model, prompts):
 # ----------------------------------------------------------------------------- through the scripts
 def _datagen(tmp_path, data_root, out, *extra):
     import datagen
-    return datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "star",
+    return datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "red star",
                          "--n_generated", "6", "--out_dir", str(out), "--data_root", data_root,
                          "--device", "cpu", *extra])
 
@@ -180,7 +180,7 @@ def star_sets(tmp_path_factory, data_root, shapes):
     root = tmp_path_factory.mktemp("beyond_gen")
     _datagen(root, data_root, root / "gen")
     _datagen(root, data_root, root / "gen" / "heldout", "--noise_seed", "1000")
-    meta = read_synthetic(root / "gen" / "Shapes" / "star.pt")["meta"]
+    meta = read_synthetic(root / "gen" / "Shapes" / "red star.pt")["meta"]
     g = torch.Generator().manual_seed(0)
     for i, c in enumerate(shapes.classnames):
         save_synthetic(synthetic_path(root / "gen" / "retain", "Shapes", c), torch.randn(2, 3, 32, 32, generator=g),
@@ -191,7 +191,7 @@ def star_sets(tmp_path_factory, data_root, shapes):
 
 def test_heldout_set_is_not_the_training_set(star_sets, data_root):
     from synthetic import read_synthetic
-    train_file, held_file = star_sets / "Shapes" / "star.pt", star_sets / "heldout" / "Shapes" / "star.pt"
+    train_file, held_file = star_sets / "Shapes" / "red star.pt", star_sets / "heldout" / "Shapes" / "red star.pt"
     tr, he = read_synthetic(train_file), read_synthetic(held_file)
     assert beyond.noise_seed(tr["meta"]) != beyond.noise_seed(he["meta"])
     flat_tr, flat_he = tr["images"].flatten(1), he["images"].flatten(1)
@@ -202,15 +202,15 @@ def test_heldout_set_is_not_the_training_set(star_sets, data_root):
                           "generated_dir": str(star_sets)})()
     ds = {"Shapes": build_dataset("Shapes", data_root)}
     key = tr["meta"]["model_key"]
-    assert beyond.check_side_files(args, ds, [("Shapes", "star")], key) == []
+    assert beyond.check_side_files(args, ds, [("Shapes", "red star")], key) == []
     args.heldout_dir = str(star_sets)  # the training set itself as "held-out"
-    problems = beyond.check_side_files(args, ds, [("Shapes", "star")], key)
+    problems = beyond.check_side_files(args, ds, [("Shapes", "red star")], key)
     assert problems and "same noise seed" in problems[0]
 
 
 def _train(tmp_path, data_root, gen, out, *extra):
     import train
-    return train.main(["--backbone_arch", "demo", "--run_ds", "Digits,Shapes", "--forget_labels", "star",
+    return train.main(["--backbone_arch", "demo", "--run_ds", "Digits,Shapes", "--forget_labels", "red star",
                        "--generated_dir", str(gen), "--output_dir", str(tmp_path / out), "--data_root", data_root,
                        "--device", "cpu", "--max_epochs", "2", "--n_samples", "2", "--seed", "0", *extra])
 
@@ -225,7 +225,7 @@ def test_default_path_is_the_papers_loop_unchanged(tmp_path, data_root, star_set
     explicit = _train(tmp_path, data_root, star_sets, "explicit", "--method", "faithful", "--objective", "lipschitz",
                       "--stop", "acc", "--towers", "both")
     assert calls == ["paper", "paper"]
-    a, b = default["Shapes"]["star"], explicit["Shapes"]["star"]
+    a, b = default["Shapes"]["red star"], explicit["Shapes"]["red star"]
     assert "trace" not in a["summary"]
     assert json.dumps(a["final_results"]) == json.dumps(b["final_results"])
     assert {k: v for k, v in a.items() if k not in ("summary", "final_results")} == \
@@ -237,7 +237,7 @@ def test_default_path_is_the_papers_loop_unchanged(tmp_path, data_root, star_set
 
 def test_improved_method_runs_with_its_side_sets(tmp_path, data_root, star_sets):
     logs = _train(tmp_path, data_root, star_sets, "improved", "--method", "improved", "--max_steps", "3")
-    s = logs["Shapes"]["star"]["summary"]
+    s = logs["Shapes"]["red star"]["summary"]
     assert s["status"] == "done" and 1 <= s["steps"] <= 3 and len(s["trace"]) == s["steps"]
     assert s["changed_tensors"] == ["token_embedding.weight"]
     assert all(t["retain"] == 0 for t in s["trace"])  # the preset has no retain term ...
@@ -247,7 +247,7 @@ def test_improved_method_runs_with_its_side_sets(tmp_path, data_root, star_sets)
     # ... an explicit --retain_weight adds it, read from the retain sets, and drifts from 0 after the first step
     logs = _train(tmp_path, data_root, star_sets, "retain", "--method", "improved", "--towers", "text",
                   "--lr", "2e-4", "--retain_weight", "1", "--max_steps", "3", "--stop_margin", "1000")
-    trace = logs["Shapes"]["star"]["summary"]["trace"]
+    trace = logs["Shapes"]["red star"]["summary"]["trace"]
     assert trace[0]["retain"] == 0 and trace[-1]["retain"] > 0
 
 
@@ -255,8 +255,8 @@ def test_datagen_improved_makes_forget_and_heldout_sets_and_retain_on_request(tm
     from synthetic import read_synthetic
     fast = ["--accept_margin", "2", "--max_steps", "30", "--n_generated", "3", "--high_prob", "0.5", "--max_failed", "2"]
     _datagen(tmp_path, data_root, tmp_path / "a", "--method", "improved", *fast)
-    forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "star.pt"), \
-        read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "star.pt")
+    forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "red star.pt"), \
+        read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "red star.pt")
     assert forget["meta"]["config"]["accept_margin"] == 2.0  # the user's option wins over the preset's 30
     assert len(forget["images"]) == 3 and len(held["images"]) == beyond.DATAGEN_PRESETS["improved"]["heldout_n"]
     assert beyond.noise_seed(held["meta"]) != beyond.noise_seed(forget["meta"])
@@ -297,5 +297,5 @@ def test_datagen_all_classes_and_default_meta(tmp_path, data_root, shapes, star_
     _, targets = datagen.validate(args)
     assert targets == [("Shapes", c) for c in shapes.classnames]
     from synthetic import read_synthetic
-    meta = read_synthetic(star_sets / "Shapes" / "star.pt")["meta"]  # made without the new options
+    meta = read_synthetic(star_sets / "Shapes" / "red star.pt")["meta"]  # made without the new options
     assert "noise_seed" not in meta and meta["config"]["accept_margin"] == 0 and meta["config"]["augment_accept"] == 0

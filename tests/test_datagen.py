@@ -17,8 +17,8 @@ from conftest import N_GENERATED as N
 
 def test_saved_images_pass_the_acceptance_rule_as_the_trainer_loads_them(generated, demo, digits, shapes):
     out, metas = generated
-    assert {(m["dataset"], m["classname"]) for m in metas} == {("Digits", "three"), ("Shapes", "star")}
-    for ds, cls in (("Digits", "three"), ("Shapes", "star")):
+    assert {(m["dataset"], m["classname"]) for m in metas} == {("Digits", "three"), ("Shapes", "red star")}
+    for ds, cls in (("Digits", "three"), ("Shapes", "red star")):
         dset = {"Digits": digits, "Shapes": shapes}[ds]
         data = read_synthetic(synthetic_path(out, ds, cls))
         args = type("A", (), {"generated_data": 1, "generated_dir": str(out)})
@@ -34,11 +34,11 @@ def test_saved_images_pass_the_acceptance_rule_as_the_trainer_loads_them(generat
 
 def test_files_and_metadata_round_trip(generated, demo):
     out, metas = generated
-    path = synthetic_path(out, "Shapes", "star")
+    path = synthetic_path(out, "Shapes", "red star")
     data = read_synthetic(path)
     meta = data["meta"]
     assert meta["model_key"] == metas[1]["model_key"] and meta["class_index"] == 3
-    assert meta["dataset"] == "Shapes" and meta["classname"] == "star" and meta["seed"] == 0
+    assert meta["dataset"] == "Shapes" and meta["classname"] == "red star" and meta["seed"] == 0
     assert meta["n_images"] == N and meta["config"]["high_prob"] == 0.8
     assert data["images"].shape == (N, 3, 32, 32) and data["steps"].min() >= 1
     grid = Image.open(path.with_suffix(".png"))

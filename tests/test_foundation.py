@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,11 +38,53 @@ def test_unknown_pretrained_tag_is_a_user_error():
 
 
 def test_demo_model_zero_shot_accuracy(demo, digits, shapes):
-    from zeroshot import baselines
+    from zeroshot import baselines, build_classifier, loader, predict
     for ds in (digits, shapes):
         figs = baselines(demo, ds, "cpu")
         full = next(iter(figs.values()))["full_acc"]
         assert full >= 0.90, (ds.name, full)
+        # every class named by its first alias, which shares no token with its name
+        w = build_classifier(demo.model, demo.tokenizer, [ds.aliases[c][0] for c in ds.classnames], ds.template, "cpu")
+        preds, labels = predict(demo.model, loader(ds.test, demo.preprocess, "cpu"), w, "cpu")
+        alias_acc = (preds == labels).float().mean().item()
+        assert alias_acc >= 0.80, (ds.name, alias_acc)
+
+
+def test_demo_classes_are_fine_grained_with_disjoint_aliases(demo, digits, shapes, data_root):
+    """Shapes' names share words across classes (as the paper's dog breeds do); every class has an
+    alias sharing no token with its name; every training caption fits the text context untruncated."""
+    from demo_world import demo_data
+    words = Counter(w for c in shapes.classnames for w in c.split())
+    assert all(len(c.split()) > 1 and all(words[w] > 1 for w in c.split()) for c in shapes.classnames)
+    for ds in (digits, shapes):
+        for c in ds.classnames:
+            assert ds.aliases.get(c), (ds.name, c)
+            assert not set(demo.tokenizer.encode(c)) & set(demo.tokenizer.encode(ds.aliases[c][0])), (c, ds.aliases[c])
+    captions = demo_data(data_root).captions
+    assert max(len(demo.tokenizer.encode(t)) + 2 for t in captions) <= demo.tokenizer.context_length
+    assert any("crimson pentagram" in t for t in captions)  # the aliases are trained on
+
+
+def test_changed_generator_regenerates_the_demo_data(tmp_path):
+    """A dataset written by other generator settings is made again, stale files removed; an
+    unchanged one is left alone."""
+    from dataclasses import replace
+    from datasets import build_dataset, dataset_config
+    from datasets.digits import materialise
+    cfg = dataset_config("Digits")
+    first = build_dataset("Digits", tmp_path)
+    image, split = Path(first.test[0].impath), first.root / cfg.split_file
+    before = image.read_bytes()
+    stale = first.root / cfg.image_dir / "old class" / "train_00000.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"stale")
+    mtime = split.stat().st_mtime_ns
+    materialise(first.root, cfg)
+    assert split.stat().st_mtime_ns == mtime and stale.exists()  # same generator: nothing rewritten
+    materialise(first.root, replace(cfg, extra={**cfg.extra, "seed": cfg.extra["seed"] + 1}))
+    assert not stale.exists() and image.read_bytes() != before
+    materialise(first.root, cfg)
+    assert image.read_bytes() == before
 
 
 def test_local_checkpoint_round_trip(demo, tmp_path, data_root):

@@ -31,7 +31,7 @@ from models import load_model
 from synthetic import read_synthetic, synthetic_path
 from zeroshot import run_model_key
 
-LABELS = "three,star"  # Digits/three, then Shapes/star
+LABELS = "three,red star"  # Digits/three, then Shapes/red star
 N_GEN = 16
 DEMO_KEY = run_model_key("demo", None, 0)
 # One CPU thread everywhere (in-process and in the scripts): on a shared machine, OpenMP threads
@@ -138,13 +138,13 @@ def test_unknown_dataset(gen, out, data_root, capsys):
 
 
 def test_class_with_a_typo_suggests_the_close_name(gen, out, data_root, capsys):
-    refused(train.main, train_argv(gen, out, data_root, "thre,star"), capsys,
+    refused(train.main, train_argv(gen, out, data_root, "thre,red star"), capsys,
             ["unknown class 'thre' in Digits, Shapes; did you mean: three?"], out, gen)
 
 
 def test_class_of_another_dataset(gen, out, data_root, capsys):
-    refused(train.main, train_argv(gen, out, data_root, "star", "--run_ds", "Digits"), capsys,
-            ["class 'star' belongs to Shapes, which is not in --run_ds"], out, gen)
+    refused(train.main, train_argv(gen, out, data_root, "red star", "--run_ds", "Digits"), capsys,
+            ["class 'red star' belongs to Shapes, which is not in --run_ds"], out, gen)
 
 
 def test_unknown_model(gen, out, data_root, capsys):
@@ -227,7 +227,7 @@ def test_unreadable_image_in_a_dataloader_worker(run, gen, data_root, tmp_path, 
 
 # ---------------------------------------------------------------- bad input: synthetic files
 def test_truncated_pt(gen_copy, out, data_root, capsys):
-    path = synthetic_path(gen_copy, "Shapes", "star")
+    path = synthetic_path(gen_copy, "Shapes", "red star")
     path.write_bytes(path.read_bytes()[:500])
     code, lines, err = cli(train.main, train_argv(gen_copy, out, data_root), capsys)
     assert code == 2 and "Traceback" not in err and len(lines) == 1, err
@@ -237,7 +237,7 @@ def test_truncated_pt(gen_copy, out, data_root, capsys):
 
 def test_pt_of_another_model_and_image_size(gen_copy, out, data_root, capsys):
     """Both found from the file alone: the model is never built."""
-    p3, p7 = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "star")
+    p3, p7 = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "red star")
     data = read_synthetic(p3)
     data["meta"]["model_key"] = "RN50-openai"
     torch.save(data, p3)
@@ -251,7 +251,7 @@ def test_pt_of_another_model_and_image_size(gen_copy, out, data_root, capsys):
 
 
 def test_empty_synthetic_files(gen_copy, out, data_root, capsys):
-    p3, p7 = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "star")
+    p3, p7 = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "red star")
     data = read_synthetic(p3)
     data["images"] = data["images"][:0]
     torch.save(data, p3)
@@ -263,7 +263,7 @@ def test_empty_synthetic_files(gen_copy, out, data_root, capsys):
 
 
 def test_non_finite_synthetic_images(gen_copy, out, data_root, capsys):
-    p = synthetic_path(gen_copy, "Shapes", "star")
+    p = synthetic_path(gen_copy, "Shapes", "red star")
     data = read_synthetic(p)
     data["images"][0, 0, 0, 0] = float("inf")
     torch.save(data, p)
@@ -272,7 +272,7 @@ def test_non_finite_synthetic_images(gen_copy, out, data_root, capsys):
 
 
 def test_missing_synthetic_file(gen_copy, out, data_root, capsys):
-    p = synthetic_path(gen_copy, "Shapes", "star")
+    p = synthetic_path(gen_copy, "Shapes", "red star")
     p.unlink()
     refused(train.main, train_argv(gen_copy, out, data_root), capsys,
             [f"no synthetic images for 1 class(es), e.g. {p}: run datagen.py first (sh datagen.sh ...) "
@@ -330,7 +330,7 @@ def test_scripts_exit_2_with_every_problem_in_one_go(gen, out, data_root, tmp_pa
     """The command lines themselves (run in parallel to save time): exit code 2, one line per problem."""
     before, gen_before = tree(out), tree(gen)
     procs = {
-        "train": [sys.executable, "train.py", *train_argv(gen, out, data_root, "thre,star"),
+        "train": [sys.executable, "train.py", *train_argv(gen, out, data_root, "thre,red star"),
                   "--run_ds", "Digits,Shapes,Cars", "--n_samples", "0", "--min_train_acc_stop", "1.5"],
         "datagen": [sys.executable, "datagen.py", "--out_dir", str(gen), "--data_root", data_root,
                     "--high_prob", "1.5", "--backbone_arch", "RN5O"],
@@ -368,7 +368,7 @@ def _without_one_class(run: Path, tmp_path: Path, ds: str, cls: str) -> Path:
 
 def test_out_of_gpu_memory_gives_advice_and_keeps_finished_classes(run, gen, data_root, tmp_path, capsys,
                                                                    monkeypatch):
-    out = _without_one_class(run, tmp_path, "Shapes", "star")
+    out = _without_one_class(run, tmp_path, "Shapes", "red star")
     logs_before = (out / "logs.json").read_bytes()
 
     def oom(*a, **k):
@@ -383,7 +383,7 @@ def test_out_of_gpu_memory_gives_advice_and_keeps_finished_classes(run, gen, dat
 
 
 def test_ctrl_c_is_one_line_and_keeps_finished_classes(run, gen, data_root, tmp_path, capsys, monkeypatch):
-    out = _without_one_class(run, tmp_path, "Shapes", "star")
+    out = _without_one_class(run, tmp_path, "Shapes", "red star")
     logs_before = (out / "logs.json").read_bytes()
 
     def interrupt(*a, **k):
@@ -406,10 +406,10 @@ def test_nan_loss_stops_that_class_and_the_run_goes_on(gen, data_root, tmp_path,
 
     monkeypatch.setattr(train, "lipschitz_loss", nan_first)
     out = tmp_path / "run"
-    logs = train.main(train_argv(gen, out, data_root, "three,star", "--max_epochs", "2"))
+    logs = train.main(train_argv(gen, out, data_root, "three,red star", "--max_epochs", "2"))
     text = (out / "logs.json").read_text()
-    assert "NaN" not in text and _classes(json.loads(text)) == [("Digits", "three"), ("Shapes", "star")]
-    three, star = logs["Digits"]["three"], logs["Shapes"]["star"]
+    assert "NaN" not in text and _classes(json.loads(text)) == [("Digits", "three"), ("Shapes", "red star")]
+    three, star = logs["Digits"]["three"], logs["Shapes"]["red star"]
     assert three["summary"]["status"] == ("error: loss became nan at epoch 0 (std 0.1); "
                                           "this class keeps the original model")
     assert three["summary"]["changed_tensors"] == [] and three["summary"]["acc_syn_before"] == 1.0
@@ -478,10 +478,10 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
     assert (out / "models" / "Digits" / "three.pt").read_bytes() == model_first
     # same seed: the same results as the uninterrupted run (three was computed in another process)
     reference = json.loads((run / "logs.json").read_text())
-    assert _classes(logs) == _classes(reference) == [("Digits", "three"), ("Shapes", "star")]
+    assert _classes(logs) == _classes(reference) == [("Digits", "three"), ("Shapes", "red star")]
     for d, c in _classes(reference):
         assert _without_timing(logs[d][c]) == _without_timing(reference[d][c]), (d, c)
-    for f in ("Digits/three.pt", "Shapes/star.pt"):
+    for f in ("Digits/three.pt", "Shapes/red star.pt"):
         a = torch.load(out / "models" / f, weights_only=True)["changed"]
         b = torch.load(run / "models" / f, weights_only=True)["changed"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

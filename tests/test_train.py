@@ -133,7 +133,7 @@ def test_logs_follow_the_paper_schema(demo_run):
     on_disk = json.loads((out / "logs.json").read_text())
     assert on_disk == json.loads(json.dumps(logs))
     assert on_disk["settings"]["n_samples"] == 5 and json.loads((out / "args.txt").read_text())["seed"] == 0
-    for ds, cls, other in (("Digits", "three", "Shapes"), ("Shapes", "star", "Digits")):
+    for ds, cls, other in (("Digits", "three", "Shapes"), ("Shapes", "red star", "Digits")):
         rec = on_disk[ds][cls]
         assert list(rec)[0] == "summary" and list(rec)[-1] == "final_results"
         stds = list(rec)[1:-1]
@@ -164,12 +164,12 @@ def test_saved_delta_reproduces_the_unlearned_model(demo_run, generated, data_ro
     import train as t
     out = tmp_path / "run"
     t.main(["--output_dir", str(out), "--generated_dir", str(generated[0]), "--n_samples", "5", "--data_root",
-            data_root, "--device", "cpu", "--forget_labels", "star", "--save_best_model", "1", "--run_ds", "Shapes"])
+            data_root, "--device", "cpu", "--forget_labels", "red star", "--save_best_model", "1", "--run_ds", "Shapes"])
     logs = json.loads((out / "logs.json").read_text())
-    lm = load_model("demo", pretrained=str(out / "models" / "Shapes" / "star.pt"), data_root=data_root)
+    lm = load_model("demo", pretrained=str(out / "models" / "Shapes" / "red star.pt"), data_root=data_root)
     from datasets import build_dataset
     from zeroshot import class_figures, classifier_weights, loader, predict
     ds = build_dataset("Shapes", data_root)
     figs = class_figures(*predict(lm.model, loader(ds.test, lm.preprocess, "cpu"), classifier_weights(lm, ds, "cpu"),
                                   "cpu"), 3)
-    assert figs["cls_acc_test"] == pytest.approx(logs["Shapes"]["star"]["final_results"]["Shapes"]["star"]["cls_acc_test"])
+    assert figs["cls_acc_test"] == pytest.approx(logs["Shapes"]["red star"]["final_results"]["Shapes"]["red star"]["cls_acc_test"])
