@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend state, PNGs through Agg
 
-from common import UserError, _atomic, atomic_write_text, check_all, check_writable, run_cli
+from common import UserError, _atomic, atomic_write_text, check_all, check_writable, read_json, run_cli
 
 BEFORE_FILE = "zeroshot_before.json"
 ARGS_FILE = "args.txt"
@@ -42,13 +42,6 @@ Before = dict[str, dict[str, dict[str, float]]]  # {dataset: {classname: {figure
 
 
 # ---------------------------------------------------------------- reading a run folder
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-
 
 def _logs_path(res_folder: Path, log_name: str) -> Path:
     """The run's logs file; a missing folder or file is a user error with a hint."""
@@ -123,7 +116,7 @@ def load_before(res_folder: str | Path, datasets: Iterable[str], args: dict | No
     wanted = list(dict.fromkeys(datasets))
     found: Before = {}
     if (res_folder / BEFORE_FILE).is_file():
-        own = _read_json(res_folder / BEFORE_FILE)
+        own = read_json(res_folder / BEFORE_FILE)
         found.update({d: own[d] for d in wanted if d in own})
     if any(d not in found for d in wanted):
         key = _cache_key(args)
@@ -131,11 +124,11 @@ def load_before(res_folder: str | Path, datasets: Iterable[str], args: dict | No
             from zeroshot import baseline_path
             for d in wanted:
                 if d not in found and baseline_path(key, d).is_file():
-                    found[d] = _read_json(baseline_path(key, d))
+                    found[d] = read_json(baseline_path(key, d))
     if any(d not in found for d in wanted):
         ref = _reference_file(args, rn)
         if ref is not None and ref.is_file():
-            published = _read_json(ref)
+            published = read_json(ref)
             found.update({d: published[d] for d in wanted if d not in found and d in published})
     return found
 
@@ -197,7 +190,7 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
     `df.attrs['status']` maps (ds, name) to the summary status of classes that did not end "done".
     """
     res_folder = Path(res_folder)
-    logs = _read_json(_logs_path(res_folder, log_name))
+    logs = read_json(_logs_path(res_folder, log_name))
     if not isinstance(logs, dict):
         raise UserError(f"{res_folder / log_name} is not a logs object")
     args, args_text = _read_args(res_folder, logs)

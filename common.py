@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import fcntl
 import json
 import os
 import random
@@ -9,8 +10,9 @@ import re
 import sys
 import tempfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +109,38 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=1)))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file; a broken one is a user error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); move it away to start afresh") from None
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on `path` (through a lock file beside it), across processes on one machine."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_json(path: str | Path, update: Callable[[dict], None]) -> dict:
+    """Read a JSON object (or {}), let `update` change it in place, write it back atomically; the whole
+    read-modify-write holds a lock, so several processes can add to one file. Returns the new object."""
+    with locked(path):
+        data = read_json(path) if Path(path).is_file() else {}
+        update(data)
+        atomic_write_json(path, data)
+    return data
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

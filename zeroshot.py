@@ -56,6 +56,13 @@ def loader(items, preprocess, device: str, batch_size: int = 256, workers: int |
                                        num_workers=workers, pin_memory=str(device).startswith("cuda"))
 
 
+def forget_margin(class_logits: torch.Tensor, idx: int) -> torch.Tensor:
+    """Class `idx`'s logit minus the best other class's logit, per image (> 0: `idx` is the top-1)."""
+    others = class_logits.clone()
+    others[:, idx] = float("-inf")
+    return class_logits[:, idx] - others.max(1).values
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, data, weights: torch.Tensor, device: str,
             desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

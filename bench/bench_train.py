@@ -22,7 +22,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import REPO, atomic_write_json, default_device, seed_everything  # noqa: E402
 from models import load_model  # noqa: E402
-from train import Snapshot, UnlearnConfig, freeze, lipschitz_loss, select_top_k  # noqa: E402
+from methods.base import Snapshot, freeze  # noqa: E402
+from methods.lipschitz import Config as UnlearnConfig, lipschitz_loss, select_top_k  # noqa: E402
 
 
 def naive_loss(model, x, tokens, std: float, n_samples: int) -> torch.Tensor:
