@@ -35,7 +35,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -44,6 +44,7 @@ import yaml
 
 from common import REPO, UserError, _atomic, atomic_write_json, atomic_write_text, check_all, close_names, \
     default_data_root, run_cli
+from synthetic import safe_name, synthetic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +86,7 @@ class Sweep:
     options: dict[str, dict]  # all / datagen / train
     datagen: dict[str, dict]  # setting -> datagen.py options
     methods: dict[str, Method]
-    slurm: dict = field(default_factory=dict)
+    slurm: dict  # sbatch settings (SLURM_DEFAULTS, the file's 'slurm', the command line)
 
 
 def option_args(options: dict) -> list[str]:
@@ -259,7 +260,7 @@ class Job:
 
     @property
     def id(self) -> str:
-        return f"{self.kind}/{self.tag}/{self.name}/seed_{self.seed}/{self.dataset}/{self.classname.replace('/', '_')}"
+        return f"{self.kind}/{self.tag}/{self.name}/seed_{self.seed}/{self.dataset}/{safe_name(self.classname)}"
 
     @property
     def log(self) -> Path:
@@ -267,7 +268,7 @@ class Job:
 
     @property
     def state_file(self) -> Path:
-        return Path(self.root) / STATE_DIR / f"{self.id}.json"
+        return state_path(self.root, self.id)
 
     def command(self) -> list[str]:
         return ["python", SCRIPTS[self.kind], *self.argv]
@@ -311,8 +312,8 @@ def expand(sweep: Sweep, root: str | Path) -> list[Job]:
 
 def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
     """Part `index` (1-based) of `count`: a synthetic-set job and the unlearning jobs that train on it always
-    fall in the same part, so the parts share nothing and can run at once, in any order. Groups go, in
-    order, to the part with the fewest jobs so far."""
+    fall in the same part, so no part waits for another: the parts can run at once, in any order. Groups go,
+    in order, to the part with the fewest jobs so far."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.needs or job.id, []).append(job)
@@ -325,9 +326,17 @@ def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
 
 
 # ----------------------------------------------------------------------------- job state
+def state_path(root: str | Path, job_id: str) -> Path:
+    return Path(root) / STATE_DIR / f"{job_id}.json"
+
+
 def read_state(job: Job) -> dict:
+    return read_state_by_id(job.root, job.id)
+
+
+def read_state_by_id(root: str | Path, job_id: str) -> dict:
     try:
-        return json.loads(job.state_file.read_text())
+        return json.loads(state_path(root, job_id).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
@@ -359,7 +368,7 @@ def finished_classes(folder: str | Path) -> frozenset:
 def outputs_exist(job: Job) -> bool:
     if job.kind == "train":
         return (job.dataset, job.classname) in finished_classes(job.out)
-    return (Path(job.out) / job.dataset / f"{job.classname.replace('/', '_')}.pt").is_file()
+    return synthetic_path(job.out, job.dataset, job.classname).is_file()
 
 
 def is_done(job: Job) -> bool:
@@ -420,7 +429,8 @@ def run_job(job: Job, env: dict[str, str] | None = None) -> str:
     child_env.setdefault("TQDM_MININTERVAL", "5")  # progress bars in a log file: a line every 5 s is enough
     child_env["PYTHONUNBUFFERED"] = "1"
     with open(job.log, "a") as log:
-        log.write(f"=== {_now()} on {socket.gethostname()}: {shlex.join(job.command())}\n")
+        gpu = f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if env and "CUDA_VISIBLE_DEVICES" in env else ""
+        log.write(f"=== {_now()} on {socket.gethostname()}{gpu}: {shlex.join(job.command())}\n")
         log.flush()
         rc = subprocess.call([sys.executable, "-c", CHILD, str(os.getpid()), SCRIPTS[job.kind], *job.argv],
                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=child_env)
@@ -432,16 +442,10 @@ def run_job(job: Job, env: dict[str, str] | None = None) -> str:
     if rc == 0 and outputs_exist(job):
         write_state(job, status="done", seconds=seconds, finished=_now())
         return "done"
-    why = _error_line(job.log) if rc else f"exit 0, but its result is missing from {job.out}"
+    why = (f"killed by signal {-rc}" if rc < 0 else _error_line(job.log) if rc
+           else f"exit 0, but its result is missing from {job.out}")
     write_state(job, status="failed", rc=rc, seconds=seconds, log=str(job.log), error=why)
     return "failed"
-
-
-def read_state_by_id(root: str, job_id: str) -> dict:
-    try:
-        return json.loads((Path(root) / STATE_DIR / f"{job_id}.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def _now() -> str:
@@ -474,37 +478,19 @@ def run_local(jobs: list[Job], n_parallel: int = 1, gpus: list[str] | None = Non
     done_before = (total or len(jobs)) - len(pending)
     bar = tqdm(total=total or len(jobs), initial=done_before, desc="sweep", unit="job", dynamic_ncols=True)
 
-    def ready(job: Job) -> str | None:
-        """'run', 'blocked' (its synthetic set failed) or None (wait)."""
-        if not job.needs:
-            return "run"
-        if job.needs in todo_ids and job.needs not in outcome:
-            return None
-        dep = outcome.get(job.needs)
-        return "run" if dep in ("done", "skipped") or (dep is None and read_state_by_id(job.root, job.needs)
-                                                          .get("status") == "done") else "blocked"
+    def waiting(job: Job) -> bool:
+        """Its synthetic set is still to be made in this run (run_job refuses it if that failed)."""
+        return job.needs in todo_ids and job.needs not in outcome
 
     pool = ThreadPoolExecutor(max_workers=n_parallel)
     try:
         while pending or running:
-            for job in list(pending):
-                if not slots:
-                    break
-                verdict = ready(job)
-                if verdict is None:
-                    continue
+            for job in [j for j in pending if not waiting(j)][:len(slots)]:
                 pending.remove(job)
-                if verdict == "blocked":
-                    outcome[job.id] = run_job(job)  # records why without running anything
-                    _report_failure(job, bar)
-                    bar.update()
-                    continue
                 slot = slots.pop(0)
                 env = {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else None
                 running[pool.submit(run_job, job, env)] = (job, slot)
             bar.set_postfix(running=len(running), failed=sum(v == "failed" for v in outcome.values()), refresh=True)
-            if not running:
-                continue
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 job, slot = running.pop(future)
@@ -735,29 +721,27 @@ def plot(methods: pd.DataFrame, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Run a benchmark sweep (configs/sweeps/*.yaml); "
-                                            "'status SWEEP' and 'report SWEEP' look at one.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = p.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run or submit the jobs still to do (the default command)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[1] + "\n\n" +
+                                __doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="{run,status,report}")
+    run = sub.add_parser("run", help="run or submit the jobs still to do (the default: 'sweep.py SWEEP ...')")
     for name, help_ in (("status", "done / running / failed / to do, with the logs of failed jobs"),
                         ("report", "mean ± std over seeds: report.md, report.csv, report.png")):
         sub.add_parser(name, help=help_).add_argument(
             "sweep", help="a sweep file, or its results folder (which holds a copy of it)")
     run.add_argument("sweep", help="a sweep file, e.g. configs/sweeps/demo.yaml")
     for q in [run] + [sub.choices[n] for n in ("status", "report")]:
-        q.add_argument("--results", default="results", help="results go to RESULTS/<sweep name>/")
-    run.add_argument("--executor", choices=("local", "slurm"), default="local")
-    run.add_argument("--jobs", type=int, default=1, help="local: jobs at once, each with its own GPU")
+        q.add_argument("--results", default="results", help="results go to RESULTS/<sweep name>/ (default: results)")
+    run.add_argument("--executor", choices=("local", "slurm"), default="local", help="(default: local)")
+    run.add_argument("--jobs", type=int, default=1, help="local: jobs at once, each with its own GPU (default: 1)")
     run.add_argument("--gpus", default=None,
                      help="local: GPUs to share out, e.g. 0,1,2,3 (default with --jobs > 1: $CUDA_VISIBLE_DEVICES, "
                           "else 0..JOBS-1)")
     run.add_argument("--shard", default=None, help="i/N: run only part i (1..N) of N self-contained parts")
     run.add_argument("--dry_run", action="store_true", help="print what would run or be submitted; run nothing")
     run.add_argument("--no_report", action="store_true", help="local: do not print the report at the end")
-    g = run.add_argument_group("slurm (default: the sweep file's 'slurm' section, else these)")
-    g.add_argument("--partition", default=None)
+    g = run.add_argument_group("slurm (default: the sweep file's 'slurm' section, else the value shown)")
+    g.add_argument("--partition", default=None, help="(default: the cluster's)")
     g.add_argument("--time", type=int, default=None, help=f"minutes per job ({SLURM_DEFAULTS['time']})")
     g.add_argument("--gpus_per_job", type=int, default=None, help=f"({SLURM_DEFAULTS['gpus']})")
     g.add_argument("--mem_gb", type=int, default=None, help=f"({SLURM_DEFAULTS['mem_gb']})")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -245,26 +246,30 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def sigkill_when(proc: subprocess.Popen, found: Callable[[], list], timeout: float = 600) -> list:
+    """SIGKILL `proc` as soon as found() returns something (or after `timeout`); return that."""
+    deadline, hits = time.time() + timeout, []
+    while proc.poll() is None and time.time() < deadline and not (hits := found()):
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return hits
+
+
 def test_killed_sweep_resumes_without_redoing_finished_jobs(reference, tiny_file, tmp_path, monkeypatch):
     results = tmp_path / "killed"
     root = results / "tiny"
     proc = subprocess.Popen([sys.executable, "sweep.py", str(tiny_file), "--results", str(results), "--no_report"],
                             cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    states, deadline = root / "_sweep" / "state", time.time() + 600
-    done_at_kill: list[str] = []
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            done_at_kill = [str(p.relative_to(states))[:-5] for p in states.rglob("*.json")
-                            if json.loads(p.read_text() or "{}").get("status") == "done"]
-            if done_at_kill:
-                proc.send_signal(signal.SIGKILL)  # the first job is finished, the next one has started
-                break
-            time.sleep(0.05)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    states = root / "_sweep" / "state"
+
+    def finished_jobs() -> list[str]:
+        return [str(p.relative_to(states))[:-len(".json")] for p in states.rglob("*.json")
+                if json.loads(p.read_text()).get("status") == "done"]
+
+    done_at_kill = sigkill_when(proc, finished_jobs)  # the first job is finished, the next one has started
+    assert done_at_kill and proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
     if sys.platform == "linux":  # the job it was running died with it (no orphan writes into the folders)
         time.sleep(1)
         assert _processes_mentioning(str(results)) == []
@@ -308,7 +313,7 @@ def untimed(record: dict) -> dict:
 
 
 def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
-    """Two jobs at once; a synthetic set and an unlearning run fail (bad values the scripts refuse when they
+    """Two jobs at once, each with its GPU; a synthetic set and an unlearning run fail (bad values the scripts refuse when they
     start), the run that needs the failed set is not started, the others finish; status names the logs."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     spec = {**TINY, "seeds": [0], "datagen": {"base": {}, "broken": {"high_prob": 1.5}},
@@ -318,7 +323,7 @@ def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     results = tmp_path / "results"
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        sweep.cli([str(path), "--results", str(results), "--jobs", "2"])
+        sweep.cli([str(path), "--results", str(results), "--jobs", "2", "--gpus", "5,7"])
     assert e.value.code == 1
     printed = capsys.readouterr().out
     root = results / "tiny"
@@ -330,6 +335,8 @@ def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     assert sweep._error_line(jobs["broken"].log) == "error: --high_prob must be in (0, 1), got 1.5"
     assert sweep._error_line(jobs["bad"].log) == "error: --max_epochs must be at least 1, got 0"
     assert not jobs["orphan"].log.exists()  # never started
+    for name in ("base", "broken", "good", "bad"):  # each process saw only the GPU of its slot
+        assert re.search(r"^=== .* on .* \(CUDA_VISIBLE_DEVICES=[57]\): python ", jobs[name].log.read_text(), re.M)
     for name in ("broken", "bad"):
         assert f"  {jobs[name].id}: {sweep._error_line(jobs[name].log)}\n    log: {jobs[name].log}" in printed
     assert f"  {jobs['orphan'].id}: its synthetic set ({jobs['broken'].id}) is not made" in printed
