@@ -708,7 +708,8 @@ def plot(methods: pd.DataFrame, path: Path) -> None:
         m = methods[methods.backbone == backbone]
         x = np.arange(len(m))
         for ax, (col, title) in zip(row, panels):
-            ax.bar(x, m[f"{col}_mean"].fillna(0), yerr=m[f"{col}_std"].fillna(0), capsize=3, color="#d9712b")
+            bars = ax.bar(x, m[f"{col}_mean"].fillna(0), yerr=m[f"{col}_std"].fillna(0), capsize=3, color="#d9712b")
+            ax.bar_label(bars, [f"{v:.3f}" for v in m[f"{col}_mean"]], fontsize=7, padding=2)
             if f"{col}_before_mean" in m:
                 ax.axhline(m[f"{col}_before_mean"].mean(), ls="--", c="grey", lw=1, label="before")
                 ax.legend(fontsize=7)

@@ -184,7 +184,7 @@ def test_slurm_dry_run_shows_both_array_jobs_and_submits_nothing(tmp_path, capsy
     """The paper's sweep (its data need not be here for a dry run): sbatch parameters from the sweep file,
     overridden by the command line; the unlearning array waits for the synthetic-set array."""
     capsys.readouterr()
-    out = sweep.main(["configs/sweeps/paper.yaml", "--executor", "slurm", "--dry_run", "--partition", "gpu-a100",
+    out = sweep.main([str(REPO / "configs" / "sweeps" / "paper.yaml"), "--executor", "slurm", "--dry_run", "--partition", "gpu-a100",
                       "--time", "90", "--mem_gb", "48", "--results", str(tmp_path)])
     printed = capsys.readouterr().out
     blocks = sbatch_blocks(printed)
