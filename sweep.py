@@ -137,7 +137,8 @@ def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
             problems.append(f"method '{m}': unknown key(s) {', '.join(map(str, extra))} (known: datagen, train)")
         if spec.get("datagen") is not None and spec["datagen"] not in settings:
             problems.append(f"method '{m}' trains on datagen setting '{spec['datagen']}', which the file does not "
-                            f"define{close_names(str(spec['datagen']), settings)} (datagen: {', '.join(settings) or 'none'})")
+                            f"define{close_names(str(spec['datagen']), settings)} "
+                            f"(datagen: {', '.join(settings) or 'none'})")
         methods[str(m)] = Method(spec.get("datagen"), dict(spec.get("train") or {}))
     for kind, names in (("method", methods), ("datagen setting", settings)):
         problems += [f"{kind} name '{n}' must be a folder name (letters, digits, _ . + -)"
@@ -298,7 +299,8 @@ def expand(sweep: Sweep, root: str | Path) -> list[Job]:
                         out = generated_dir(root, tag, m.datagen, seed)
                         argv = [*ident, "--run_ds", ds, "--out_dir", str(out),
                                 *option_args(_datagen_options(sweep, m.datagen))]
-                        made[m.datagen] = Job("datagen", m.datagen, tag, ds, cls, seed, tuple(argv), str(out), str(root))
+                        made[m.datagen] = Job("datagen", m.datagen, tag, ds, cls, seed, tuple(argv), str(out),
+                                              str(root))
                 jobs += made.values()
                 for name, m in sweep.methods.items():
                     out = run_folder(root, tag, name, seed)
@@ -419,8 +421,9 @@ def run_job(job: Job, env: dict[str, str] | None = None) -> str:
         return "skipped"
     dep = read_state_by_id(job.root, job.needs) if job.needs else None
     if job.needs and not (dep and dep.get("status") == "done"):
+        dep_log = Path(job.root) / LOG_DIR / f"{job.needs}.log"
         write_state(job, status="failed", log=str(job.log),
-                    error=f"its synthetic set ({job.needs}) is not made: see {Path(job.root) / LOG_DIR / job.needs}.log")
+                    error=f"its synthetic set ({job.needs}) is not made: see {dep_log}")
         return "failed"
     start = time.time()
     write_state(job, status="running", host=socket.gethostname(), pid=os.getpid(), started=_now())

@@ -184,8 +184,8 @@ def test_slurm_dry_run_shows_both_array_jobs_and_submits_nothing(tmp_path, capsy
     """The paper's sweep (its data need not be here for a dry run): sbatch parameters from the sweep file,
     overridden by the command line; the unlearning array waits for the synthetic-set array."""
     capsys.readouterr()
-    out = sweep.main([str(REPO / "configs" / "sweeps" / "paper.yaml"), "--executor", "slurm", "--dry_run", "--partition", "gpu-a100",
-                      "--time", "90", "--mem_gb", "48", "--results", str(tmp_path)])
+    out = sweep.main([str(REPO / "configs" / "sweeps" / "paper.yaml"), "--executor", "slurm", "--dry_run",
+                      "--partition", "gpu-a100", "--time", "90", "--mem_gb", "48", "--results", str(tmp_path)])
     printed = capsys.readouterr().out
     blocks = sbatch_blocks(printed)
     paper = yaml.safe_load((REPO / "configs" / "sweeps" / "paper.yaml").read_text())
@@ -313,8 +313,9 @@ def untimed(record: dict) -> dict:
 
 
 def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
-    """Two jobs at once, each with its GPU; a synthetic set and an unlearning run fail (bad values the scripts refuse when they
-    start), the run that needs the failed set is not started, the others finish; status names the logs."""
+    """Two jobs at once, each with its GPU; a synthetic set and an unlearning run fail (bad values the scripts
+    refuse when they start), the run that needs the failed set is not started, the others finish; status
+    names the logs."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     spec = {**TINY, "seeds": [0], "datagen": {"base": {}, "broken": {"high_prob": 1.5}},
             "methods": {"good": {"datagen": "base"}, "bad": {"datagen": "base", "train": {"max_epochs": 0}},
