@@ -63,7 +63,7 @@ BLAST_TOP = 5  # the prompts that moved most, kept in audit.json
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """Every setting of the audit; part of audit.json's settings (a change re-audits)."""
+    """Every setting of the audit; recorded in audit.json (another value needs --redo)."""
     probe_c: float = 1.0  # inverse L2 strength of the linear probe (scikit-learn's C), standardised features
     probe_max_iter: int = 1000
     relearn_k: int = 8  # real train images of the forget class (fewer if the class has fewer)
@@ -385,7 +385,8 @@ def read_run(folder: Path) -> tuple[Run | None, list[str]]:
 
 
 def settings_of(cfg: AuditConfig, seed: int, model_key: str) -> dict:
-    return {**asdict(cfg), "seed": seed, "model_key": model_key}
+    """What audit.json's figures depend on (the batch size does not change a figure)."""
+    return {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"}, "seed": seed, "model_key": model_key}
 
 
 def run_seed(run: Run, seed: int | None) -> int:
@@ -550,20 +551,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = AuditConfig()
     p = argparse.ArgumentParser(description="Audit the forgetting of run folders: name, template ensemble, alias, "
                                             "linear probe, relearning and blast radius (writes audit.json and "
-                                            "audit.png in each).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "audit.png in each).")
     p.add_argument("folders", nargs="*", metavar="folder", help="run folders, e.g. results/results1/seed_0/")
     p.add_argument("--tokens", action="store_true",
                    help="print which tokens each text-side method touches for the paper's 12 classes "
                         "(tokenizer only, no weights) and exit")
-    p.add_argument("--tokens_arch", default="RN50", help="tokenizer of --tokens")
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--tokens_arch", default="RN50", help="tokenizer of --tokens (default: %(default)s)")
+    p.add_argument("--device", default=default_device(), help="default: %(default)s")
     p.add_argument("--data_root", default=None, help="default: the run's own (args.txt)")
     p.add_argument("--seed", type=int, default=None, help="relearning image choice (default: the run's seed)")
     p.add_argument("--redo", action="store_true", help="audit every class again (replaces audit.json)")
-    p.add_argument("--relearn_k", type=int, default=d.relearn_k, help="real train images to relearn from")
-    p.add_argument("--relearn_steps", type=int, default=d.relearn_steps, help="relearning budget (steps)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="images per forward pass")
+    p.add_argument("--relearn_k", type=int, default=d.relearn_k,
+                   help="real train images to relearn from (default: %(default)s)")
+    p.add_argument("--relearn_steps", type=int, default=d.relearn_steps,
+                   help="relearning budget in steps (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="images per forward pass (default: %(default)s)")
     return p.parse_args(argv)
 
 
