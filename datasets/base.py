@@ -1,4 +1,4 @@
-"""The dataset interface shared by the paper's four datasets and the demo world.
+"""The dataset interface shared by every dataset (the paper's, CoOp's, the demo world).
 
 Every dataset lives on disk in the CoOp/Dassl layout: a folder with the images and a split
 JSON holding `train`/`val`/`test` lists of `[relative_path, label, classname]`. The class order

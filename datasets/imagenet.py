@@ -8,8 +8,8 @@ the variants: train = test = every image, val empty, as CoOp). Labels follow the
 dataset's `classnames.txt` (CoOp's file, `<wnid> <name>` per line) or, without it, open_clip's
 IMAGENET_CLASSNAMES with timm's list of the 1000 WordNet ids in the same index order.
 
-ImageNet has 1.33M images: the built split is written once, gzipped (`.json.gz`, about 10 MB
-instead of 90 MB of JSON), and later starts read it instead of listing 2,000 folders again.
+ImageNet has 1.33M images: the built split is written once, gzipped (`.json.gz`, a few MB instead
+of about 90 MB of JSON), and later starts read it instead of listing 2,000 folders again.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Collection, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -85,10 +85,11 @@ def parse_lines(path: Path, root: Path, cfg: DatasetConfig, parse: Callable[[str
     return out
 
 
-def class_folders(folder: Path, cfg: DatasetConfig, ignored: Any = ()) -> list[str]:
+def class_folders(folder: Path, cfg: DatasetConfig, ignored: Collection[str] = ()) -> list[str]:
     """The visible sub-folders of `folder` by name, minus `ignored`, as many as `num_classes` says."""
     with os.scandir(folder) as entries:
-        folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".") and e.name not in ignored)
+        folders = sorted(e.name for e in entries
+                         if e.is_dir() and not e.name.startswith(".") and e.name not in ignored)
     expected = int(cfg.extra.get("num_classes", len(folders)))
     if len(folders) != expected:
         raise UserError(f"{cfg.name}: {folder} holds {len(folders)} class folders, expected {expected} "

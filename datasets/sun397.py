@@ -2,7 +2,7 @@
 
 Without the split file, one is built as CoOp does from the official partition files next to the
 images: classes are the lines of ClassName.txt in order (`/a/apartment_building/outdoor`), images
-the lines of Training_01.txt and Testing_01.txt (`/a/abbey/sun_aaalbzqrimafwbiv.jpg`). A class is
+the lines of Training_01.txt and Testing_01.txt (`/a/abbey/sun_<id>.jpg`). A class is
 named by its folders without the letter, last first (`outdoor apartment_building`); a seeded 20%
 per class of the training images becomes val.
 """

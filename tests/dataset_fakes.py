@@ -114,7 +114,8 @@ def _class_folder_dataset(folders: list[str], image_dir: str, image_name: Callab
 
 
 def _imagenet(parts: dict[str, str], image_dir: str, n_classes: int, folder_name: Callable[[int], str],
-              image_name: Callable[[int, str, int], str], same: dict[str, str], extra_file: str = "") -> Callable[[Path], Built]:
+              image_name: Callable[[int, str, int], str], same: dict[str, str],
+              extra_file: str = "") -> Callable[[Path], Built]:
     """Class folders of ImageNet classes (every `1000 // n_classes`-th): 1 image each, 2 in every 7th class."""
     def write(root: Path) -> Built:
         indices = range(0, 1000, 1000 // n_classes)  # WNIDS is sorted: label order is index order
@@ -212,8 +213,8 @@ def _ucf101(root: Path) -> Built:
     return built
 
 
-EUROSAT_RENAME = {"AnnualCrop": "Annual Crop Land", "Forest": "Forest", "HerbaceousVegetation": "Herbaceous Vegetation Land",
-                  "Highway": "Highway or Road", "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
+EUROSAT_RENAME = {"AnnualCrop": "Annual Crop Land", "Forest": "Forest",
+                  "HerbaceousVegetation": "Herbaceous Vegetation Land", "Highway": "Highway or Road", "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
                   "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings", "River": "River",
                   "SeaLake": "Sea or Lake"}  # CoOp's class names
 EUROSAT_FOLDER = {name: folder for folder, name in EUROSAT_RENAME.items()}

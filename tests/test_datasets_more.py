@@ -180,12 +180,13 @@ def test_imagenet_folder_errors(tmp_path):
 def test_annotation_list_errors(tmp_path):
     pets = tmp_path / "oxford_pets"
     FAKES["OxfordPets"].write_raw(pets)
-    put_text(pets / "annotations" / "test.txt", ["Abyssinian_6 1 1 6", "Bengal_6"])
-    with user_error(re.escape(f"OxfordPets: {pets / 'annotations' / 'test.txt'} line 2 ('Bengal_6') is not "
+    test_list = pets / "annotations" / "test.txt"
+    put_text(test_list, ["Abyssinian_6 1 1 6", "Bengal_6"])
+    with user_error(re.escape(f"OxfordPets: {test_list} line 2 ('Bengal_6') is not "
                               "'<image name> <class id> <species> <breed id>'")):
         build_dataset("OxfordPets", tmp_path)
-    put_text(pets / "annotations" / "test.txt", ["Abyssinian_6 1 1 6"])
-    with user_error(re.escape(f"OxfordPets: class 'american_bulldog' has no image in {pets / 'annotations' / 'test.txt'}")):
+    put_text(test_list, ["Abyssinian_6 1 1 6"])
+    with user_error(re.escape(f"OxfordPets: class 'american_bulldog' has no image in {test_list}")):
         build_dataset("OxfordPets", tmp_path)
     planes = tmp_path / "fgvc_aircraft"
     FAKES["FGVCAircraft"].write_raw(planes)
@@ -196,8 +197,9 @@ def test_annotation_list_errors(tmp_path):
         build_dataset("FGVCAircraft", tmp_path)
     ucf = tmp_path / "ucf101"
     FAKES["UCF101"].write_raw(ucf)
-    (ucf / "UCF-101-midframes" / "Yo_Yo" / "v_YoYo_g01_c01.jpg").unlink()
-    with user_error(re.escape(f"UCF101: image {ucf / 'UCF-101-midframes' / 'Yo_Yo' / 'v_YoYo_g01_c01.jpg'} listed in ")):
+    frame = ucf / "UCF-101-midframes" / "Yo_Yo" / "v_YoYo_g01_c01.jpg"
+    frame.unlink()
+    with user_error(re.escape(f"UCF101: image {frame} listed in ")):
         build_dataset("UCF101", tmp_path)
     assert not list(tmp_path.glob("*/split_*"))
 
