@@ -28,9 +28,12 @@ import methods.lipschitz
 import train
 import zeroshot
 from common import REPO, UserError, _atomic, atomic_write_json, check_writable, run_cli
+from datasets import known_datasets
 from models import load_model
 from synthetic import read_synthetic, synthetic_path
 from zeroshot import run_model_key
+
+KNOWN = ", ".join(known_datasets())  # every dataset config, as the error lists them
 
 LABELS = "three,star"  # Digits/three, then Shapes/star
 N_GEN = 16
@@ -134,8 +137,7 @@ def copy_digits(data_root: str, tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- bad input: names
 def test_unknown_dataset(gen, out, data_root, capsys):
     refused(train.main, train_argv(gen, out, data_root, "three", "--run_ds", "Digits,Shapez"), capsys,
-            ["unknown dataset 'Shapez'; did you mean: Shapes? (known: Caltech101, Digits, OxfordFlowers, "
-             "Shapes, StanfordCars, StanfordDogs)"], out, gen)
+            [f"unknown dataset 'Shapez'; did you mean: Shapes? (known: {KNOWN})"], out, gen)
 
 
 def test_class_with_a_typo_suggests_the_close_name(gen, out, data_root, capsys):
@@ -331,7 +333,7 @@ def test_zeroshot_and_results_cli(tmp_path, data_root, capsys):
             ["--batch_size must be at least 1, got 0",
              "unknown model 'ViT-B/61'; did you mean: ViT-B/16, ViT-B-16, ViT-bigG-14? (open_clip knows "
              f"{len(__import__('open_clip').list_models())} models: see open_clip.list_models())",
-             "unknown dataset 'Foo' (known: Caltech101, Digits, OxfordFlowers, Shapes, StanfordCars, StanfordDogs)",
+             f"unknown dataset 'Foo'; did you mean: Food101? (known: {KNOWN})",
              f"output folder {blocker} cannot be created: {blocker} is a file, not a folder"], tmp_path)
     refused(clip_forget_utils.main, [str(tmp_path / "nope")], capsys,
             [f"results folder {tmp_path / 'nope'} not found"], tmp_path)
@@ -355,8 +357,7 @@ def test_scripts_exit_2_with_every_problem_in_one_go(gen, out, data_root, tmp_pa
     assert err.splitlines() == [
         "error: --n_samples must be at least 1, got 0",
         "error: --min_train_acc_stop must be in [0, 1), got 1.5",
-        "error: unknown dataset 'Cars'; did you mean: StanfordCars? (known: Caltech101, Digits, OxfordFlowers, Shapes, "
-        "StanfordCars, StanfordDogs)",
+        f"error: unknown dataset 'Cars'; did you mean: StanfordCars? (known: {KNOWN})",
         "error: unknown class 'thre' in Digits, Shapes; did you mean: three?",
         f"error: {out} holds a run with other settings (n_samples: 5 vs 0, min_train_acc_stop: 0.1 vs 1.5); "
         "use another --output_dir"]
