@@ -226,8 +226,10 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def arch_lr(lm: LoadedModel) -> float:
-    from train import arch_config  # the architecture's unlearning lr: one source of truth
-    return float(arch_config(lm).get("lr", 5e-5))
+    """The paper's unlearning lr for this architecture (configs/archs, else the method's default)."""
+    from methods.lipschitz import Config
+    from train import arch_config
+    return float(arch_config(lm.name).get("lr", Config.lr))
 
 
 # ----------------------------------------------------------------------------- one class
@@ -494,14 +496,14 @@ def token_report(tokenizer, classnames: dict[str, list[str]], templates: dict[st
     """Per forget class, what each text-side method would change, found with the tokenizer alone.
 
     The token-row method (--towers token, --method improved) edits the tokens of the class's prompt
-    that no other class prompt of the run uses (beyond.own_token_rows, every dataset of `classnames`
+    that no other class prompt of the run uses (methods.hinge.own_token_rows, every dataset of `classnames`
     being the run); `imagenet_prompts_hit` counts open_clip's ImageNet prompts that contain one of
     them (they move too). Methods that train the text transformer (the paper's, --towers text/both)
     change the embedding of every prompt; --towers image changes none.
     """
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from beyond import own_token_rows
+    from methods.hinge import own_token_rows
     prompts = {d: [templates[d].format(c.replace("_", " ")) for c in names] for d, names in classnames.items()}
     imagenet = tokenizer([blast_template.format(c) for c in IMAGENET_CLASSNAMES])
     rows = []

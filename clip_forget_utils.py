@@ -134,10 +134,11 @@ def load_before(res_folder: str | Path, datasets: Iterable[str], args: dict | No
     if any(d not in found for d in wanted):
         key = _cache_key(args)
         if key:
-            from zeroshot import baseline_path
+            from zeroshot import cached_baselines
             for d in wanted:
-                if d not in found and baseline_path(key, d).is_file():
-                    found[d] = read_json(baseline_path(key, d))
+                cached = None if d in found else cached_baselines(key, d)
+                if cached is not None:
+                    found[d] = cached
     if any(d not in found for d in wanted):
         ref = _reference_file(args, rn)
         if ref is not None and ref.is_file():
@@ -245,7 +246,7 @@ def audit_columns(res_folder: str | Path) -> dict[tuple[str, str], dict[str, flo
     path = Path(res_folder) / AUDIT_FILE
     if not path.is_file():
         return {}
-    audit = _read_json(path)
+    audit = read_json(path)
     out = {}
     for ds, classes in audit.items():
         if ds == "settings" or not isinstance(classes, dict):
@@ -505,7 +506,7 @@ AUDIT_LEGEND = ("Forget-class accuracy on real test images, original -> unlearne
 
 def audit_table(res_folder: str | Path, digits: int = 3) -> pd.DataFrame:
     """A run's audit.json as a display table: per class, 'original -> unlearned' for each probe."""
-    audit = _read_json(Path(res_folder) / AUDIT_FILE)
+    audit = read_json(Path(res_folder) / AUDIT_FILE)
 
     def fmt(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"

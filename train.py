@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings = {**run_settings(args, cfg), "model": resolve_arch(args.backbone_arch), "model_key": key}
     logs_path = out / "logs.json"
     atomic_write_text(out / "args.txt", json.dumps(settings, indent=1))
-    before = {n: baselines(lm, ds, args.device) for n, ds in datasets.items()}
+    before = {n: baselines(lm, ds, args.device, train=False) for n, ds in datasets.items()}  # test figures only
     update_json(out / "zeroshot_before.json", lambda old: old.update(before))  # a rerun adds, never drops
     # every synthetic file is read and checked before the first class starts, not when its turn comes
     use_images = methods.needs_images(mod, cfg)

@@ -128,7 +128,7 @@ def test_rn_chooses_the_reference_only_when_args_name_no_backbone(paper_run):
 
 def test_cached_baselines_come_before_the_reference(paper_run, tmp_path):
     cached = {"Pekinese": {"cls_acc_test": 0.7, "no_cls_acc": 0.5, "acc_train": 0.6, "full_acc": 0.51}}
-    path = tmp_path / "cache" / "zeroshot" / "RN50-openai" / "StanfordDogs.json"
+    path = tmp_path / "cache" / "zeroshot" / "RN50-openai" / "StanfordDogs-0123456789.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(cached))
     df, _ = create_results(paper_run, all_res=True)
@@ -136,7 +136,7 @@ def test_cached_baselines_come_before_the_reference(paper_run, tmp_path):
     assert math.isnan(df.loc[1, "cls_Noforget"])  # toy poodle is not in this (partial) cache file
     assert df.loc[2, "full_StanfordDogs"] == 0.51
     assert df.loc[2, "cls_Noforget"] == reference()["StanfordCars"]["2009 Spyker C8 Coupe"]["cls_acc_test"]
-    recorded = tmp_path / "cache" / "zeroshot" / "RN50-run-key" / "StanfordDogs.json"
+    recorded = tmp_path / "cache" / "zeroshot" / "RN50-run-key" / "StanfordDogs-0123456789.json"
     recorded.parent.mkdir(parents=True)
     recorded.write_text(json.dumps({"Pekinese": {**cached["Pekinese"], "cls_acc_test": 0.66}}))
     (paper_run / "args.txt").write_text(json.dumps({"backbone_arch": "RN50", "model_key": "RN50-run-key"}))
