@@ -178,6 +178,37 @@ def add_common_args(p, run_ds: str = "Digits,Shapes", arch: str = "demo") -> Non
                    help="folder holding the datasets (env CLIP_FORGET_DATA; default: %(default)s)")
     p.add_argument("--device", default=default_device(), help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="arithmetic of the optimisation (evaluation stays fp32): fp32 = the paper's; tf32 "
+                        "(CUDA) or bf16 trade exactness for speed on GPUs (default: %(default)s)")
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(mode: str, device: str) -> list[str]:
+    if mode == "tf32" and not str(device).startswith("cuda"):
+        return [f"--precision tf32 is for CUDA devices (TF32 is an NVIDIA tensor-core format); --device is {device}"]
+    return []
+
+
+@contextmanager
+def precision(mode: str, device: str) -> Iterator[None]:
+    """Arithmetic of the optimisation inside: fp32 (PyTorch's defaults, as the paper ran), tf32 (TF32
+    matmuls and convolutions on CUDA tensor cores) or bf16 (autocast to bfloat16; weights, optimiser
+    state and gradients of the inputs stay fp32). Evaluations run outside, in fp32."""
+    if mode == "bf16":
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    elif mode == "tf32":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    else:
+        yield
 
 
 def check_writable(folder: str | Path) -> list[str]:

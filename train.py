@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 import methods
 from common import REPO, UserError, add_common_args, atomic_torch_save, atomic_write_text, check_all, \
-    check_device, check_writable, class_seed, read_json, run_cli, seed_everything, update_json
+    check_device, check_precision, check_writable, class_seed, precision, read_json, run_cli, seed_everything, \
+    update_json
 from datasets import DatasetSplits, build_datasets
 from datasets.base import load_rgb
 from forget_cls import default_eval_ds, resolve_targets
@@ -239,7 +240,7 @@ def validate(args: argparse.Namespace) -> tuple[dict, list, ModuleType, Any, dic
     args.generated_dir = args.generated_dir or f"generated_{tag}{suffix}"
     args.heldout_dir = args.heldout_dir or str(Path(args.generated_dir) / "heldout")
     args.retain_dir = args.retain_dir or str(Path(args.generated_dir) / "retain")
-    problems += check_writable(args.output_dir) + check_device(args.device)
+    problems += check_writable(args.output_dir) + check_device(args.device) + check_precision(args.precision, args.device)
     sides = methods.side_sets(mod, cfg)
     if sides and not args.generated_data:
         problems.append(f"--method {args.method} reads synthetic {' and '.join(sides)} sets: it needs --generated_data 1")
@@ -300,7 +301,7 @@ def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: lis
 
 # settings that must agree between runs writing into one folder (the rest may differ, e.g. --forget_labels),
 # besides the method's configuration
-SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "seed", "debug", "method")
+SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "seed", "debug", "method", "precision")
 
 
 def run_settings(args: argparse.Namespace, cfg) -> dict:
@@ -370,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with tqdm(total=getattr(cfg, "max_epochs", 1), desc=f"{ds_name}/{classname}", unit="epoch") as bar:
             task.progress = bar
             try:
-                result = mod.unlearn(task, cfg)
+                with precision(args.precision, args.device):
+                    result = mod.unlearn(task, cfg)
             except NonFiniteLoss as e:
                 result = MethodResult({}, e.summary)
                 status = f"error: {e}; this class keeps the original model"

@@ -253,3 +253,17 @@ def test_eval_ds_limits_the_evaluated_datasets(generated, data_root, tmp_path):
                        "--run_ds", "Shapes", "--eval_ds", "shapes"])
     assert set(logs["Shapes"]["star"]["final_results"]) == {"Shapes"}
     assert json.loads((tmp_path / "run" / "zeroshot_before.json").read_text()).keys() == {"Shapes"}
+
+
+def test_bf16_optimisation_runs_close_to_fp32_and_tf32_needs_cuda(generated, data_root, tmp_path):
+    def run(*extra):
+        return train.main(["--output_dir", str(tmp_path / "_".join(extra or ("fp32",))), "--generated_dir",
+                           str(generated[0]), "--n_samples", "2", "--max_epochs", "1", "--data_root", data_root,
+                           "--device", "cpu", "--forget_labels", "three", "--run_ds", "Digits", "--eval_ds", "Digits",
+                           *extra])["Digits"]["three"]
+    fp32, bf16 = run(), run("--precision", "bf16")
+    a, b = fp32["0.1"]["epochs"][0]["loss"], bf16["0.1"]["epochs"][0]["loss"]
+    assert a != b and b == pytest.approx(a, rel=0.05)  # autocast really ran, and computed the same loss roughly
+    from common import UserError
+    with pytest.raises(UserError, match="--precision tf32 is for CUDA devices"):
+        run("--precision", "tf32")
