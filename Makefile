@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, the forgetting
-# audit, results; the paper's method and the improved option (beyond.py) side by side
+# audit, results; the paper's method and the improved preset side by side
 demo: $(STAMP)
 	$(PY) zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
 	sh datagen.sh demo

@@ -22,6 +22,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -29,13 +30,13 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
-from common import UserError, add_common_args, check_all, check_device, check_writable, class_seed, run_cli
+from common import UserError, add_common_args, check_all, check_device, check_precision, check_writable, class_seed, \
+    precision, run_cli
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
-from models import LoadedModel, check_model, load_model
-from synthetic import clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
-from zeroshot import EVAL_SCALE, classifier_weights, run_model_key
-import beyond  # options beyond the paper (issue 8); all off by default
+from models import LoadedModel, arch_tag, check_model, load_model
+from synthetic import augment, clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
+from zeroshot import classifier_weights, forget_margin, logits, run_model_key
 
 
 @dataclass
@@ -53,9 +54,25 @@ class DatagenConfig:
     blur_sigma: float = 0.5  # ... with this sigma along H and W
     batch_size: int = 64  # images optimised in parallel
     max_failed: int = 200  # a stop the paper lacks: after this many failed attempts keep what was accepted
-    accept_margin: float = 0.0  # beyond the paper (beyond.py): also need this logit margin (x100); 0 = off
-    sub_margin: float = 0.5  # beyond the paper: margin drop after each failed attempt (never below 0)
-    augment_accept: int = 0  # beyond the paper: also hold under this many random augmentations; 0 = off
+    # beyond the paper (README "Beyond the paper"), off by default: confident images make forgetting transfer
+    accept_margin: float = field(default=0.0, metadata={"help": (
+        "beyond the paper: also require the class's logit (x100) to beat the next class by this margin; 0 = off "
+        "(the paper's 0.8 probability is a margin of a few points; real images of a class sit ~40 above)")})
+    sub_margin: float = field(default=0.5, metadata={"help": (
+        "beyond the paper: --accept_margin drops by this with every threshold drop (never below 0), so a class "
+        "whose images rarely get that confident still finishes")})
+    augment_accept: int = field(default=0, metadata={"help": (
+        "beyond the paper: also require the class to stay the top-1 under this many random augmentations "
+        "(shift, scale, blur, noise); 0 = off")})
+
+
+# datagen.py --method: the sets train.py's methods read. improved: forget sets with --accept_margin 30, a
+# held-out set (another noise seed) for a stop rule and, on request, retain sets of every class
+PRESETS: dict[str, dict] = {
+    "faithful": {},
+    "improved": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_improved",
+                 "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 0, "retain_seed_offset": 2000},
+}
 
 
 @dataclass
@@ -183,14 +200,19 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def zero_shot_logits(model, x: torch.Tensor, weights: torch.Tensor, mean, std) -> torch.Tensor:
-    """Zero-shot logits (fixed scale 100) of images as the trainer will load them."""
-    return EVAL_SCALE * F.normalize(model.encode_image(model_view(x, mean, std)), dim=-1) @ weights
-
-
 def class_probability(model, x: torch.Tensor, weights: torch.Tensor, target: int, mean, std) -> torch.Tensor:
     """Zero-shot softmax probability of `target` for images as the trainer will load them."""
-    return zero_shot_logits(model, x, weights, mean, std).softmax(-1)[:, target]
+    return logits(model, model_view(x, mean, std), weights).softmax(-1)[:, target]
+
+
+@torch.no_grad()
+def holds_under_augment(model, x_view: torch.Tensor, weights: torch.Tensor, idx: int, n: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Per image: is `idx` still the top class under each of n random augmentations (with blur)?"""
+    ok = torch.ones(len(x_view), dtype=torch.bool, device=x_view.device)
+    for _ in range(n):
+        ok &= forget_margin(logits(model, augment(x_view, generator, blur_p=0.5), weights), idx) > 0
+    return ok
 
 
 def passed_level(model, x: torch.Tensor, weights: torch.Tensor, target: int, mean, std,
@@ -200,19 +222,21 @@ def passed_level(model, x: torch.Tensor, weights: torch.Tensor, target: int, mea
     load it: the class is the top-1 and its probability exceeds the level's threshold (beyond the
     paper: its logit margin also reaches the level's margin). The walk never rises, so an image
     passes every level from the returned one on."""
-    logits = zero_shot_logits(model, x, weights, mean, std)
-    prob = logits.softmax(-1)[:, target]
+    with torch.no_grad():
+        z = logits(model, model_view(x, mean, std), weights)
+    prob = z.softmax(-1)[:, target]
     fails = ~(prob[:, None] > thresholds)  # written so that NaN fails (float32, as the paper compares)
     if margins is not None:
-        fails |= ~(beyond.forget_margin(logits, target)[:, None] >= margins)
-    level = torch.where(logits.argmax(-1) == target, fails.sum(1), len(thresholds))
+        fails |= ~(forget_margin(z, target)[:, None] >= margins)
+    level = torch.where(z.argmax(-1) == target, fails.sum(1), len(thresholds))
     return level, prob
 
 
 def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image_size: int,
                cfg: DatagenConfig, generator: torch.Generator, device: str,
-               progress: tqdm | None = None) -> SynthResult:
-    """Generate up to cfg.n_generated accepted images of class `target` (see module docstring)."""
+               progress: tqdm | None = None, arithmetic: str = "fp32") -> SynthResult:
+    """Generate up to cfg.n_generated accepted images of class `target` (see module docstring).
+    `arithmetic`: common.precision of the ascent steps; acceptance is always judged in fp32."""
     if cfg.high_prob < cfg.min_prob:
         raise ValueError(f"high_prob {cfg.high_prob} is below min_prob {cfg.min_prob}")
     model.eval()
@@ -236,7 +260,8 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
         while not attempts.finished():
             shift = tuple(torch.randint(0, cfg.max_jitter + 1, (2,), generator=generator).tolist())
             blur_now = steps % cfg.blur_every == 0  # steps taken before this one
-            x = ascent_step(model, x, w_target, shift, cfg, mean, std, scale)
+            with precision(arithmetic, device):
+                x = ascent_step(model, x, w_target, shift, cfg, mean, std, scale)
             if blur_now.any():
                 x = torch.where(blur_now.to(device).view(-1, 1, 1, 1), blur(x, cfg.blur_sigma), x)
             steps += 1
@@ -246,7 +271,7 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
             new = attempts.new_passes(slots, level.tolist())  # the step's one wait for the device
             if new and cfg.augment_accept > 0:  # beyond the paper: the class must also hold under augmentations
                 rows = torch.tensor([i for i, _ in new], device=device)
-                holds = beyond.holds_under_augment(model, model_view(x[rows], mean, std), weights, target,
+                holds = holds_under_augment(model, model_view(x[rows], mean, std), weights, target,
                                                    cfg.augment_accept, generator)
                 new = [n for n, h in zip(new, holds.tolist()) if h]
             if new:  # copies to the CPU: a pass may wait there until the attempts before it are decided
@@ -289,8 +314,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--paper_settings", type=int, default=0,
                    help="1: use the paper's per-class high_prob/sub_prob from forget_cls.py where it has them")
     for f in fields(DatagenConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=beyond.DATAGEN_HELP.get(f.name))
-    beyond.add_datagen_args(p)
+        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
+    g = p.add_argument_group("beyond the paper (off by default)")
+    g.add_argument("--method", default="faithful", choices=list(PRESETS),
+                   help="'improved': the sets of 'train.py --method improved', in <out_dir> (default "
+                        "generated_<ARCH>_improved): the forget sets with --accept_margin 30, and heldout/ (32 per "
+                        "class, another noise seed); with --retain_per_class also retain/")
+    g.add_argument("--retain_per_class", type=int, default=None,
+                   help="with --method improved: also make retain/, this many images of every class of the forget "
+                        "classes' datasets (another noise seed), for train.py's retain terms (default: 0 = none)")
+    g.add_argument("--noise_seed", type=int, default=None,
+                   help="seed of the starting noise only (default: --seed); a held-out set needs another one")
     return p.parse_args(argv)
 
 
@@ -328,7 +362,7 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         else ([(n, c) for n, ds in datasets.items() for c in ds.classnames], [])  # all: e.g. retain sets
     problems += t_problems
     args.out_dir = args.out_dir or f"generated_{tag}"
-    problems += check_writable(args.out_dir) + check_device(args.device)
+    problems += check_writable(args.out_dir) + check_device(args.device) + check_precision(args.precision, args.device)
     if model_ok and not args.overwrite:  # existing files must be this model's
         key = run_model_key(args.backbone_arch, args.pretrained, args.seed)
         for ds_name, classname in targets:
@@ -348,7 +382,7 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.method != "faithful":  # beyond the paper: several plain runs
-        return beyond.datagen_method(main, validate, list(sys.argv[1:] if argv is None else argv), args)
+        return preset_sets(list(sys.argv[1:] if argv is None else argv), args)
     datasets, targets = validate(args)
     lm: LoadedModel = load_model(args.backbone_arch, args.pretrained, args.device, args.data_root)
     key, size = run_model_key(args.backbone_arch, args.pretrained, args.seed), lm.model.visual.image_size
@@ -375,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                                                        ds_name, classname))
         start = time.time()
         with tqdm(total=cfg.n_generated, desc=f"{ds_name}/{classname}", unit="img") as bar:
-            res = synthesise(lm.model, weights_cache[ds_name], target, size, cfg, gen, args.device, bar)
+            res = synthesise(lm.model, weights_cache[ds_name], target, size, cfg, gen, args.device, bar, args.precision)
         secs = time.time() - start
         incomplete = None if res.complete else (
             f"stopped by --max_failed after {res.failed} failed attempts with {len(res.images)} of {cfg.n_generated} "
@@ -387,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 **({} if res.complete else {"incomplete": incomplete}),
                 "threshold_drops": res.threshold_drops, "final_threshold": res.final_threshold,
                 "final_accept_margin": res.final_margin,
-                "total_steps": res.total_steps, "seconds": round(secs, 2), "config": asdict(cfg)}
+                "total_steps": res.total_steps, "seconds": round(secs, 2), "precision": args.precision,
+                "config": asdict(cfg)}
         save_synthetic(path, res.images, res.probs, res.steps, res.thresholds, meta)
         status = "complete" if res.complete else f"INCOMPLETE: {incomplete}"
         print(f"{ds_name}/{classname}: {len(res.images)}/{cfg.n_generated} images, {status}, "
@@ -395,6 +430,33 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
               f"steps median {res.steps.float().median().item() if len(res.steps) else 0:.0f}, "
               f"{secs:.1f} s -> {path}")
         summaries.append(meta)
+    return summaries
+
+
+def preset_sets(argv: list[str], args: argparse.Namespace) -> list[dict]:
+    """datagen.py --method improved: the forget sets, then the held-out and retain sets, each a plain
+    datagen run (the user's options win over the preset's, except the folders and sizes of the
+    held-out and retain sets)."""
+    from copy import copy
+    preset = PRESETS[args.method]
+    own = ("--method", "--retain_per_class")  # this function's options, not the plain runs'
+    user = [a for i, a in enumerate(argv) if a not in own and (i == 0 or argv[i - 1] not in own)
+            and not a.startswith(tuple(o + "=" for o in own))]
+    out = Path(args.out_dir or f"generated_{arch_tag(args.backbone_arch)}{preset['generated_suffix']}")
+    checked = copy(args)
+    checked.out_dir = str(out)
+    _, targets = validate(checked)  # report every problem before the first set starts
+    seed = args.seed if args.noise_seed is None else args.noise_seed
+    margin = ["--accept_margin", str(preset["accept_margin"]), "--max_steps", str(preset["max_steps"])]
+    used = ",".join(dict.fromkeys(d for d, _ in targets))
+    summaries = main(margin + user + ["--out_dir", str(out)])
+    summaries += main(margin + user + ["--out_dir", str(out / "heldout"), "--n_generated", str(preset["heldout_n"]),
+                                       "--noise_seed", str(seed + preset["heldout_seed_offset"])])
+    n_retain = preset["retain_per_class"] if args.retain_per_class is None else args.retain_per_class
+    if n_retain > 0:
+        summaries += main(margin + user + ["--out_dir", str(out / "retain"), "--run_ds", used, "--forget_labels",
+                                           "all", "--n_generated", str(n_retain),
+                                           "--noise_seed", str(seed + preset["retain_seed_offset"])])
     return summaries
 
 

@@ -9,6 +9,7 @@ File: `<out_dir>/<dataset>/<class>.pt` (dict of tensors + `meta`, loadable with
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import open_clip
@@ -22,7 +23,13 @@ FORMAT_VERSION = 1
 
 
 def _col(v, ref: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(v, dtype=ref.dtype, device=ref.device).view(1, 3, 1, 1)
+    return _constant(tuple(v), ref.dtype, ref.device)
+
+
+@lru_cache(maxsize=64)
+def _constant(v: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, 3, 1, 1) per-channel constants, made once per device: on CUDA each new one is a blocking copy."""
+    return torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 def unnormalise(x: torch.Tensor) -> torch.Tensor:
