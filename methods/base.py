@@ -171,8 +171,10 @@ def text_embeddings(model: torch.nn.Module, tokens: torch.Tensor, chunk: int = 1
 
 # ----------------------------------------------------------------------------- prompts to keep
 def unrelated_words(tokenizer, n: int, exclude: set[str] = frozenset()) -> list[str]:
-    """`n` whole words of the tokenizer's BPE vocabulary, evenly spread over its merge order (frequent
-    and rare words alike), that are no word of open_clip's ImageNet class names and not in `exclude`.
+    """`n` names made of whole words of the tokenizer's BPE vocabulary: one, two or three words in turn
+    (class names are often several words: a prompt's features depend on its length), drawn evenly over
+    the vocabulary's merge order (frequent and rare words alike) and shuffled with a fixed seed. No
+    word is a word of open_clip's ImageNet class names or in `exclude`.
 
     Methods keep the text embeddings of these prompts where they were. The audit measures the blast
     radius on the ImageNet class names (audit.py): training to keep those would hide the damage from it,
@@ -182,12 +184,18 @@ def unrelated_words(tokenizer, n: int, exclude: set[str] = frozenset()) -> list[
     if vocab is None:
         raise UserError(f"unrelated prompts need open_clip's SimpleTokenizer (with a BPE vocabulary); "
                         f"this model's tokenizer is {type(tokenizer).__name__}")
-    banned = {w for c in IMAGENET_CLASSNAMES for w in re.findall(r"[a-z]+", c.lower())} | {w.lower() for w in exclude}
+    banned = name_words(list(IMAGENET_CLASSNAMES)) | {w.lower() for w in exclude}
     words = [t[:-4] for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])
              if t.endswith("</w>") and t[:-4].isascii() and t[:-4].isalpha() and len(t) >= 8]
     words = [w for w in words if w not in banned]
-    step = max(1, len(words) // max(n, 1))
-    return words[::step][:n]
+    words = words[::max(1, len(words) // max(2 * n, 1))][:2 * n]
+    order = torch.randperm(len(words), generator=torch.Generator().manual_seed(0)).tolist()
+    names, at = [], 0
+    for i in range(n):
+        size = i % 3 + 1
+        names.append(" ".join(words[order[(at + j) % len(words)]] for j in range(size)))
+        at += size
+    return names
 
 
 def name_words(names: list[str]) -> set[str]:

@@ -2,34 +2,40 @@
 
 CLIP ends each tower with a linear projection (text: `text_projection`, width x D, applied to the
 final LayerNorm's end-of-text token; image: `visual.proj` for a ViT, `visual.attnpool.c_proj` for a
-ModifiedResNet). With h the features that enter it (row vectors) and A the projection in row form
-(y = h A + b), the edit A' = A + Delta solves, in closed form:
+ModifiedResNet). With h the features that enter it (row vectors, read through open_clip's own
+forward with the projection set to the identity) and A the projection in row form (y = h A + b),
+the edit A' = A + Delta is, in closed form:
 
-    Delta = F M,  F = the directions where the keep set's features have (almost) no energy
-    M = argmin |Z M - R|^2 + mu |U M|^2 + lambda |M|^2,   Z = H_forget F,  U = H_soft F
+    Delta = F M,  F = directions where the keep set's features have (almost) no energy
+    M = argmin |U M|^2 / n_soft + ridge |M|^2   subject to   Z M = R,   Z = H_forget F,  U = H_soft F
 
-- hard keep set (H_keep): F spans the eigenvectors of H_keep^T H_keep whose eigenvalue is at most
-  `null_tol` times the largest, so H_keep Delta = (H_keep F) M is zero to numerical precision when
-  the keep set leaves room (fewer independent features than the width), and as small as null_tol
-  allows otherwise: the null-space constraint of AlphaEdit (Fang et al., ICLR 2025, eq. 7-8) with
-  the least-squares edit of ROME (Meng et al., NeurIPS 2022, §3.1) solved in that subspace;
-- forget rows: R = target - the forget features' current outputs (`strength` of the way);
-- soft keep set (H_soft, weight `soft_weight` per row relative to the forget rows): kept in the
-  least-squares sense only; lambda (`ridge`, relative to Z's energy) keeps M small.
-Closed-form class removal in CLIP's projection layer also appears in Mishra et al. 2025 (arXiv
-2512.14137, a null-space projection of the text-embedding subspace); this is the editing variant.
+- hard keep set: F spans the eigenvectors of H_keep^T H_keep with eigenvalue at most `null_tol`
+  times the largest, so H_keep Delta = (H_keep F) M is zero to numerical precision when the keep set
+  leaves room (fewer independent features than the width; the default null_tol sits between
+  float32 rounding and real feature energy), and as small as null_tol allows otherwise: the
+  null-space constraint of AlphaEdit (Fang et al., ICLR 2025, §3);
+- forget rows: Z M = R, R = `strength` x (target - current output), met exactly when possible (least
+  squares, with the same ridge, when the forget rows cannot all be met: e.g. one image set);
+- soft keep set: among the edits that do both, the one that moves the soft rows least in the
+  mean-square sense: ROME's covariance-weighted rank-one solution (Meng et al., NeurIPS 2022, §3.1,
+  eq. 2), with `ridge` (relative to the forget rows' energy) for directions no soft row visits.
+Closed-form class removal in CLIP's projection layer is also the subject of Mishra et al. 2025 (arXiv
+2512.14137: a null-space projection of the class's text-embedding subspace); this is the editing form.
 
 Sides (`side`):
 - text (default, no images): forget = the class in every template of its dataset; hard keep =
-  every other class prompt of the dataset (every template) and of the run's other datasets; soft
-  keep = `n_unrelated` prompts made of words from the tokenizer's vocabulary (methods.base.
-  unrelated_words: no word of an ImageNet class name, which the audit's blast radius uses);
+  the other class prompts of its dataset's zero-shot classifier (fewer than the width for every
+  benchmark dataset, so kept exactly); soft keep, three groups of equal weight = the run's other
+  datasets' class prompts (all of them together may outnumber the width: 517 for the paper's four),
+  the other classes in the dataset's other templates, and `n_unrelated` names of 1-3 words from the
+  tokenizer's vocabulary in its templates (methods.base.unrelated_words: no word of an ImageNet
+  class name, which the audit's blast radius uses);
 - image: forget = the synthetic forget images' features; hard keep = synthetic images of the
   dataset's other classes (`datagen.py --method improved --retain_per_class N`); no soft set;
 - both: the two edits, each computed on the original model.
-Targets (`target`, in the projection's output space): negate (-y: every image near the class then
-ranks it last, the default), or mean (the mean output of the other classes: their prompts on the
-text side, the retain images on the image side, scaled to each row's norm).
+Targets (`target`, in the projection's output space): mean (default: the mean output of the
+dataset's other classes, their zero-shot prompts on the text side, the retain images on the image
+side, scaled to each row's norm), or negate (-y).
 Data: text only (side text); synthetic forget and retain images (side image/both).
 """
 from __future__ import annotations
@@ -54,12 +60,11 @@ TARGETS = ("negate", "mean")
 class Config:
     side: str = field(default="text", metadata={"choices": SIDES,
                                                 "help": "projedit: which projection to edit (image/both read retain sets)"})
-    target: str = field(default="negate", metadata={"choices": TARGETS,
+    target: str = field(default="mean", metadata={"choices": TARGETS,
                                                     "help": "projedit: where the forget features are mapped"})
     strength: float = 1.0  # projedit: fraction of the way from the current output to the target
-    null_tol: float = 1e-4  # projedit: eigenvalue (relative to the largest) under which a direction is free to edit
-    ridge: float = 1e-3  # projedit: lambda relative to the forget features' energy in the free directions
-    soft_weight: float = 1.0  # projedit: weight of each unrelated prompt relative to a forget prompt (text side)
+    null_tol: float = 1e-10  # projedit: eigenvalue (relative to the largest) under which a direction is free to edit
+    ridge: float = 0.1  # projedit: regularisation, relative to the forget features' energy
     n_unrelated: int = 1000  # projedit: unrelated prompts kept in the least-squares sense (text side)
 
 
@@ -79,8 +84,6 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"--null_tol must be in [0, 1), got {cfg.null_tol}")
     if cfg.ridge < 0:
         problems.append(f"--ridge must be at least 0, got {cfg.ridge}")
-    if cfg.soft_weight < 0:
-        problems.append(f"--soft_weight must be at least 0, got {cfg.soft_weight}")
     if cfg.n_unrelated < 0:
         problems.append(f"--n_unrelated must be at least 0, got {cfg.n_unrelated}")
     return problems
@@ -149,22 +152,30 @@ def free_directions(h_keep: torch.Tensor, null_tol: float) -> torch.Tensor:
     return vecs[:, vals <= null_tol * vals.max()]
 
 
-def solve_edit(h_forget: torch.Tensor, residual: torch.Tensor, h_keep: torch.Tensor, h_soft: torch.Tensor | None,
-               null_tol: float, ridge: float, soft_weight: float) -> torch.Tensor:
-    """Delta (width, D) in row form: h_forget Delta ~ residual, h_keep Delta ~ 0 exactly (null space),
-    h_soft Delta ~ 0 in the least-squares sense. Computed in float64."""
+def solve_edit(h_forget: torch.Tensor, residual: torch.Tensor, h_keep: torch.Tensor, h_soft: list[torch.Tensor],
+               null_tol: float, ridge: float) -> torch.Tensor:
+    """Delta (width, D) in row form with h_keep Delta = 0 (null space of the keep features, up to null_tol),
+    h_forget Delta = residual (least squares, ridge-regularised, when the rows cannot all be met), and
+    the least drift of the soft rows: the smallest h_soft Delta in the mean-square sense, each group
+    of rows weighing the same (ROME's covariance-weighted solution), plus a ridge on Delta. In float64."""
     dt = torch.float64
     h_forget, residual, h_keep = h_forget.to(dt), residual.to(dt), h_keep.to(dt)
     free = free_directions(h_keep, null_tol)
     if free.shape[1] == 0:
-        return torch.zeros(h_forget.shape[1], residual.shape[1], dtype=dt, device=h_forget.device)
-    z = h_forget @ free
-    gram = z.T @ z
-    if h_soft is not None and len(h_soft):
-        u = h_soft.to(dt) @ free
-        gram = gram + soft_weight * len(z) / len(u) * (u.T @ u)
-    lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    m = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=dt, device=gram.device), z.T @ residual)
+        raise UserError("projedit: the keep set's features span every direction of the projection's input "
+                        f"(width {h_keep.shape[1]}, {len(h_keep)} rows): raise --null_tol to edit where they are weakest")
+    z = h_forget @ free  # (n_f, k)
+    k = free.shape[1]
+    cov = torch.zeros(k, k, dtype=dt, device=z.device)
+    for group in h_soft:
+        u = group.to(dt) @ free
+        cov += u.T @ u / len(u)
+    eye = torch.eye(k, dtype=dt, device=z.device)
+    scale = (z.pow(2).sum() / len(z) / k).clamp_min(1e-12)  # mean energy of a forget row per free direction
+    g_inv_zt = torch.linalg.solve(cov + ridge * scale * eye, z.T)  # G^-1 Z^T, (k, n_f)
+    inner = z @ g_inv_zt  # Z G^-1 Z^T, (n_f, n_f)
+    eps = ridge * inner.diagonal().mean() * torch.eye(len(z), dtype=dt, device=z.device)
+    m = g_inv_zt @ torch.linalg.solve(inner + eps, residual)
     return free @ m
 
 
@@ -178,17 +189,17 @@ def targets(kind: str, out_forget: torch.Tensor, out_others: torch.Tensor) -> to
 
 
 def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: torch.Tensor,
-         others_out_in: torch.Tensor, soft_in: torch.Tensor | None, cfg: Config) -> tuple[dict, dict]:
+         others_out_in: torch.Tensor, soft_in: list[torch.Tensor], cfg: Config) -> tuple[dict, dict]:
     """The changed projection tensor (state-dict name -> value) of one side, and figures for the log.
-    forget_in / keep_in / soft_in: token rows or images; others_out_in: inputs whose mean output is
-    the `mean` target (the dataset's other classes)."""
+    forget_in / keep_in / soft_in (groups): token rows or images; others_out_in: inputs whose mean
+    output is the `mean` target (the dataset's other classes)."""
     name, _ = projection(model, side)
     h_f, y_f = features(model, side, forget_in)
     h_k, _ = features(model, side, keep_in)
-    h_s = features(model, side, soft_in)[0] if soft_in is not None and len(soft_in) else None
+    h_s = [features(model, side, group)[0] for group in soft_in if len(group)]
     y_o = features(model, side, others_out_in)[1] if cfg.target == "mean" else y_f
     residual = cfg.strength * (targets(cfg.target, y_f, y_o) - y_f)
-    delta = solve_edit(h_f, residual, h_k, h_s, cfg.null_tol, cfg.ridge, cfg.soft_weight)
+    delta = solve_edit(h_f, residual, h_k, h_s, cfg.null_tol, cfg.ridge)
     weight = dict(model.named_parameters())[name].detach()
     new = (_row_form(name, weight).double() + delta)
     new = (new.T if name.endswith(".weight") else new).to(weight.dtype)
@@ -197,7 +208,7 @@ def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: to
         keep_moved = (h_k.double() @ delta).norm(dim=-1) / (h_k.double() @ _row_form(name, weight).double()).norm(dim=-1)
     figures = {f"{side}_free_dims": int(free_directions(h_k.double(), cfg.null_tol).shape[1]),
                f"{side}_forget_rows": len(h_f), f"{side}_keep_rows": len(h_k),
-               f"{side}_soft_rows": 0 if h_s is None else len(h_s),
+               f"{side}_soft_rows": sum(len(h) for h in h_s),
                f"{side}_target_cos": round(reached.min().item(), 4),
                f"{side}_keep_max_rel_change": float(f"{keep_moved.max().item():.3g}") if len(h_k) else 0.0}
     return {name: new}, figures
@@ -220,19 +231,20 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
 def _edit_sides(task: ForgetTask, cfg: Config, changed: dict, summary: dict) -> None:
     model, idx = task.model, task.class_index
     if cfg.side in ("text", "both"):
-        others = [c for i, c in enumerate(task.classnames) if i != idx]
-        keep = [p for c in others for p in task.class_prompts(c)] + list(task.other_prompts)
+        others = [i for i in range(len(task.classnames)) if i != idx]
+        keep = task.tokens([task.prompts[i] for i in others])  # its dataset's classifier: kept exactly
         templates = [task.template, *[t for t in task.templates if t != task.template]]
         words = unrelated_words(task.tokenizer, cfg.n_unrelated, name_words(task.classnames))
-        soft = [fill(templates[i % len(templates)], w) for i, w in enumerate(words)]  # templates in turn
+        soft = [list(task.other_prompts),  # the other datasets' classifiers
+                [p for i in others for p in task.class_prompts(task.classnames[i])[1:]],  # the other templates
+                [fill(templates[i % len(templates)], w) for i, w in enumerate(words)]]  # templates in turn
         forget = task.tokens(task.class_prompts(task.classname))
-        others_in = task.tokens([task.prompts[i] for i in range(len(task.classnames)) if i != idx])
-        c, figs = edit(model, "text", forget, task.tokens(keep), others_in, task.tokens(soft) if soft else None, cfg)
+        c, figs = edit(model, "text", forget, keep, keep, [task.tokens(g) for g in soft if g], cfg)
         changed.update(c)
         summary.update(figs)
     if cfg.side in ("image", "both"):
         if task.images is None or task.retain is None:
             raise UserError("projedit --side image needs the synthetic forget images and the retain sets")
-        c, figs = edit(model, "image", task.images, task.retain, task.retain, None, cfg)
+        c, figs = edit(model, "image", task.images, task.retain, task.retain, [], cfg)
         changed.update(c)
         summary.update(figs)
