@@ -99,6 +99,13 @@ class NonFiniteLoss(Exception):
         self.summary = summary or {}
 
 
+# ----------------------------------------------------------------------------- options
+def too_small(cfg, **minimum: float) -> list[str]:
+    """One line per option of `cfg` below its minimum, e.g. too_small(cfg, rank=1)."""
+    return [f"--{name} must be at least {low}, got {getattr(cfg, name)}"
+            for name, low in minimum.items() if getattr(cfg, name) < low]
+
+
 # ----------------------------------------------------------------------------- trainable tensors
 def freeze(model: torch.nn.Module, frozen: list[str]) -> tuple[list, list]:
     """Make only the unlearnable tensors trainable; return the (name, param) lists of both towers.

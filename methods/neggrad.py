@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights, too_small
 from methods.hinge import heldout_rule, tower_patterns
 from zeroshot import EVAL_SCALE, logits
 
@@ -61,13 +61,9 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"--towers must be one of {', '.join(TOWERS)} for --method neggrad, got {cfg.towers}")
     if cfg.scale <= 0:
         problems.append(f"--scale must be positive, got {cfg.scale}")
-    if cfg.retain_weight < 0:
-        problems.append(f"--retain_weight must be at least 0, got {cfg.retain_weight}")
     if not 0 <= cfg.stop_frac < 1:
         problems.append(f"--stop_frac must be in [0, 1), got {cfg.stop_frac}")
-    if cfg.max_steps < 1:
-        problems.append(f"--max_steps must be at least 1, got {cfg.max_steps}")
-    return problems
+    return problems + too_small(cfg, retain_weight=0, max_steps=1)
 
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
@@ -82,7 +78,8 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     t = cfg.scale / EVAL_SCALE
     watch, stop_at = task.syn_accuracy, cfg.min_train_acc_stop
     if cfg.stop == "margin":
-        watch = heldout_rule(model, task.heldout, task.prompt_tokens, idx, cfg.stop_margin, text_frozen=cfg.towers == "image")
+        watch = heldout_rule(model, task.heldout, task.prompt_tokens, idx, cfg.stop_margin,
+                             text_frozen=cfg.towers == "image")
         stop_at = cfg.stop_frac
     acc = before = task.syn_accuracy()
     value = watch()

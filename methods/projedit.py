@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError
-from methods.base import ForgetTask, MethodResult, fill, name_words, unrelated_words
+from methods.base import ForgetTask, MethodResult, fill, name_words, too_small, unrelated_words
 
 NAME = "projedit"
 SIDES = ("text", "image", "both")
@@ -82,11 +82,7 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"--strength must be in (0, 2], got {cfg.strength}")
     if not 0 <= cfg.null_tol < 1:
         problems.append(f"--null_tol must be in [0, 1), got {cfg.null_tol}")
-    if cfg.ridge < 0:
-        problems.append(f"--ridge must be at least 0, got {cfg.ridge}")
-    if cfg.n_unrelated < 0:
-        problems.append(f"--n_unrelated must be at least 0, got {cfg.n_unrelated}")
-    return problems
+    return problems + too_small(cfg, ridge=0, n_unrelated=0)
 
 
 # ----------------------------------------------------------------------------- the projection of each tower
@@ -132,7 +128,8 @@ def identity_projection(model: torch.nn.Module, side: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def features(model: torch.nn.Module, side: str, inputs: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def features(model: torch.nn.Module, side: str, inputs: torch.Tensor,
+             chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(features entering the projection, outputs of the projection) of token rows or images."""
     encode = model.encode_text if side == "text" else model.encode_image
     outputs = torch.cat([encode(c) for c in inputs.split(chunk)])
@@ -201,11 +198,11 @@ def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: to
     residual = cfg.strength * (targets(cfg.target, y_f, y_o) - y_f)
     delta = solve_edit(h_f, residual, h_k, h_s, cfg.null_tol, cfg.ridge)
     weight = dict(model.named_parameters())[name].detach()
-    new = (_row_form(name, weight).double() + delta)
-    new = (new.T if name.endswith(".weight") else new).to(weight.dtype)
+    a = _row_form(name, weight).double()
+    new = ((a + delta).T if name.endswith(".weight") else a + delta).to(weight.dtype)
     with torch.no_grad():
-        reached = F.cosine_similarity(h_f.double() @ (_row_form(name, weight).double() + delta), y_f.double() + residual)
-        keep_moved = (h_k.double() @ delta).norm(dim=-1) / (h_k.double() @ _row_form(name, weight).double()).norm(dim=-1)
+        reached = F.cosine_similarity(h_f.double() @ (a + delta), y_f.double() + residual)
+        keep_moved = (h_k.double() @ delta).norm(dim=-1) / (h_k.double() @ a).norm(dim=-1)
     figures = {f"{side}_free_dims": int(free_directions(h_k.double(), cfg.null_tol).shape[1]),
                f"{side}_forget_rows": len(h_f), f"{side}_keep_rows": len(h_k),
                f"{side}_soft_rows": sum(len(h) for h in h_s),

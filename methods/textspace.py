@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, fill, name_words, text_embeddings, unrelated_words
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, fill, name_words, text_embeddings, too_small, \
+    unrelated_words
 from zeroshot import EVAL_SCALE
 
 NAME = "textspace"
@@ -53,7 +54,7 @@ class Config:
     blocks: int = 1  # textspace: LoRA on the MLP of this many last text blocks (adapt blocks*)
     rank: int = 4  # textspace: LoRA rank
     lora_alpha: float = 8.0  # textspace: LoRA alpha (the update is scaled by alpha / rank)
-    margin: float = 10.0  # textspace: logits (scale 100) the forget prompt must fall below the best other class
+    margin: float = 30.0  # textspace: logits (scale 100) the forget prompt must fall below the best other class
     keep_weight: float = 10.0  # textspace: weight of the keep term
     n_unrelated: int = 1000  # textspace: unrelated prompts kept in place
     unrelated_batch: int = 256  # textspace: unrelated prompts per step
@@ -64,18 +65,9 @@ class Config:
 
 
 def check(cfg: Config) -> list[str]:
-    problems = []
-    for name in ("blocks", "rank", "max_steps", "unrelated_batch"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    problems = too_small(cfg, blocks=1, rank=1, max_steps=1, unrelated_batch=1, margin=0, keep_weight=0, n_unrelated=0)
     if cfg.lora_alpha <= 0:
         problems.append(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
-    if cfg.margin < 0:
-        problems.append(f"--margin must be at least 0, got {cfg.margin}")
-    if cfg.keep_weight < 0:
-        problems.append(f"--keep_weight must be at least 0, got {cfg.keep_weight}")
-    if cfg.n_unrelated < 0:
-        problems.append(f"--n_unrelated must be at least 0, got {cfg.n_unrelated}")
     return problems
 
 

@@ -190,7 +190,7 @@ def test_textspace_forgets_a_class_whose_tokens_other_classes_share(model, demo,
     assert not set(task.prompt_tokens[idx].tolist()) - set(task.prompt_tokens[1:].flatten().tolist())
     with torch.no_grad():
         e0 = text_embeddings(model, task.prompt_tokens)
-    res = textspace.unlearn(task, textspace.Config(n_unrelated=50))
+    res = textspace.unlearn(task, textspace.Config(margin=10.0, n_unrelated=50))
     applied(model, res.changed)
     with torch.no_grad():
         e1 = text_embeddings(model, task.prompt_tokens)
@@ -234,7 +234,8 @@ def test_textspace_and_projedit_run_without_images_and_save_a_loadable_delta(tmp
                            "--generated_dir", str(tmp_path / "none"), "--save_best_model", "1", "--eval_ds", "Digits",
                            *(["--max_steps", "20", "--n_unrelated", "50"] if name == "textspace" else [])])
         s = logs["Digits"][DIGIT]["summary"]
-        assert s["status"] == "done" and s["changed_tensors"] and not any(n.startswith("visual.") for n in s["changed_tensors"])
+        assert s["status"] == "done" and s["changed_tensors"]
+        assert not any(n.startswith("visual.") for n in s["changed_tensors"])
         fig = logs["Digits"][DIGIT]["final_results"]["Digits"][DIGIT]
         before = train.read_json(out / "zeroshot_before.json")["Digits"][DIGIT]
         assert fig["cls_acc_test"] < before["cls_acc_test"]
