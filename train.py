@@ -352,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seed = class_seed(args.seed, ds_name, classname)
         task = ForgetTask(
             model=lm.model, tokenizer=lm.tokenizer, classnames=ds.classnames, template=ds.template, class_index=idx,
+            templates=list(ds.templates),
             images=x, caption=CAPTION.format(classname),
             other_prompts=[o.prompt(c) for o in run.values() if o is not ds for c in o.classnames],
             syn_accuracy=(lambda: evaluator.accuracy(x, idx, evaluator.weights(ds_name, text_changed=True)))

@@ -15,7 +15,8 @@ from typing import Any
 
 from common import UserError, close_names
 
-METHODS: dict[str, ModuleType] = {name: importlib.import_module(f"methods.{name}") for name in ("lipschitz", "hinge")}
+METHODS: dict[str, ModuleType] = {name: importlib.import_module(f"methods.{name}")
+                                  for name in ("lipschitz", "hinge", "neggrad", "textspace", "projedit")}
 DEFAULT = "lipschitz"
 
 # preset -> the method, its options, and the suffix of the synthetic-set folder it reads

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import UserError
+
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ForgetTask:
     retain_labels: torch.Tensor | None = None  # their class indices
     on_improved: Callable[[], dict] | None = None  # real-data figures of the current model (--debug 1)
     progress: tqdm | None = None
+    templates: list = field(default_factory=list)  # every template of the dataset (str or callable); [] = [template]
 
     @property
     def classname(self) -> str:
@@ -70,6 +73,16 @@ class ForgetTask:
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(self.device)
 
+    def class_prompts(self, classname: str) -> list[str]:
+        """`classname` in every template of its dataset (DatasetSplits.templates; the zero-shot one first)."""
+        return list(dict.fromkeys(fill(t, classname) for t in [self.template, *self.templates]))
+
+
+def fill(template, name: str) -> str:
+    """A prompt: a format string or a callable template (open_clip's ImageNet ones) with a class name."""
+    name = name.replace("_", " ")
+    return template(name) if callable(template) else template.format(name)
+
 
 @dataclass
 class MethodResult:
@@ -84,6 +97,13 @@ class NonFiniteLoss(Exception):
     def __init__(self, message: str, summary: dict | None = None):
         super().__init__(message)
         self.summary = summary or {}
+
+
+# ----------------------------------------------------------------------------- options
+def too_small(cfg, **minimum: float) -> list[str]:
+    """One line per option of `cfg` below its minimum, e.g. too_small(cfg, rank=1)."""
+    return [f"--{name} must be at least {low}, got {getattr(cfg, name)}"
+            for name, low in minimum.items() if getattr(cfg, name) < low]
 
 
 # ----------------------------------------------------------------------------- trainable tensors
@@ -148,3 +168,43 @@ def text_weights(model: torch.nn.Module, prompt_tokens: torch.Tensor) -> torch.T
     """(D, K) zero-shot weights of the prompts, differentiable through the text tower."""
     return F.normalize(model.encode_text(prompt_tokens), dim=-1).T
 
+
+
+@torch.no_grad()
+def text_embeddings(model: torch.nn.Module, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(N, D) L2-normalised text embeddings of many prompts, without gradient, in chunks."""
+    return torch.cat([F.normalize(model.encode_text(t), dim=-1) for t in tokens.split(chunk)])
+
+
+# ----------------------------------------------------------------------------- prompts to keep
+def unrelated_words(tokenizer, n: int, exclude: set[str] = frozenset()) -> list[str]:
+    """`n` names made of whole words of the tokenizer's BPE vocabulary: one, two or three words in turn
+    (class names are often several words: a prompt's features depend on its length), drawn evenly over
+    the vocabulary's merge order (frequent and rare words alike) and shuffled with a fixed seed. No
+    word is a word of open_clip's ImageNet class names or in `exclude`.
+
+    Methods keep the text embeddings of these prompts where they were. The audit measures the blast
+    radius on the ImageNet class names (audit.py): training to keep those would hide the damage from it,
+    so they are left out here on purpose."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    vocab = getattr(tokenizer, "encoder", None)
+    if vocab is None:
+        raise UserError(f"unrelated prompts need open_clip's SimpleTokenizer (with a BPE vocabulary); "
+                        f"this model's tokenizer is {type(tokenizer).__name__}")
+    banned = name_words(list(IMAGENET_CLASSNAMES)) | {w.lower() for w in exclude}
+    words = [t[:-4] for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])
+             if t.endswith("</w>") and t[:-4].isascii() and t[:-4].isalpha() and len(t) >= 8]
+    words = [w for w in words if w not in banned]
+    words = words[::max(1, len(words) // max(2 * n, 1))][:2 * n]
+    order = torch.randperm(len(words), generator=torch.Generator().manual_seed(0)).tolist()
+    names, at = [], 0
+    for i in range(n):
+        size = i % 3 + 1
+        names.append(" ".join(words[order[(at + j) % len(words)]] for j in range(size)))
+        at += size
+    return names
+
+
+def name_words(names: list[str]) -> set[str]:
+    """The lower-case words of class names (to leave out of the unrelated prompts)."""
+    return {w for c in names for w in re.findall(r"[a-z]+", c.lower().replace("_", " "))}
