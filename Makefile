@@ -12,15 +12,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-# the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, results;
-# the paper's method and the improved option (beyond.py) side by side
+# the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, the forgetting
+# audit, results; the paper's method and the improved preset side by side
 demo: $(STAMP)
 	$(PY) zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
 	sh datagen.sh demo
 	sh train.sh 1 1 0 1 25 0.1 "Digits,Shapes" demo
 	sh datagen.sh demo --method improved
 	sh train.sh 1 1_improved 0 1 25 0.1 "Digits,Shapes" demo --method improved
+	$(PY) audit.py results/results1/seed_0/ results/results1_improved/seed_0/
 	$(PY) clip_forget_utils.py results/results1/seed_0/ results/results1_improved/seed_0/ --all_res 1
+	$(PY) clip_forget_utils.py compare results/results1 results/results1_improved
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

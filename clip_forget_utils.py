@@ -4,18 +4,26 @@ A run folder (`results/results<ATTEMPT>/seed_<SEED>/`, written by train.py) hold
 `logs.json` and `zeroshot_before.json`. `create_results` turns it into one DataFrame row per
 (dataset, forget class); `compute_avg_gain` gives the paper's score per row (lower is better);
 `aggregate_seeds` averages several seeds; `compare_runs` puts runs side by side;
-`plot_results` draws before/after bars.
+`plot_results` draws before/after bars. Where `audit.py` has audited a run (`audit.json`),
+`create_results` adds its figures as `audit_*` columns after the paper's.
 
     python clip_forget_utils.py results/results1/seed_0/ --all_res 1
 
 writes `results.md` and `results.png` into that folder and prints the table; given several
 folders (e.g. the faithful and the improved run) it also prints them side by side.
+
+    python clip_forget_utils.py compare results/results1 results/results1_improved
+
+gives the methods x classes table (mean +- std over each method's seed_* folders: the paper's
+columns, the audit's, the score and the time) as Markdown, and a trade-off plot.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +33,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend state, PNGs through Agg
 
-from common import UserError, _atomic, atomic_write_text, check_all, check_writable, run_cli
+from common import UserError, _atomic, atomic_write_text, check_all, check_writable, read_json, run_cli
 
 BEFORE_FILE = "zeroshot_before.json"
 ARGS_FILE = "args.txt"
@@ -34,6 +42,11 @@ MAIN_COLUMNS = ["std", "full_Noforget", "cls_Noforget", "cls_forget", "full_forg
 GEN_COLUMNS = ["acc_val_hard", "acc_val_true_data"]
 NO_GEN_COLUMNS = ["acc_train"]
 NOT_STD_KEYS = ("summary", "final_results")  # keys of a class's log that are not noise levels
+AUDIT_FILE = "audit.json"  # written by audit.py
+# audit.py's figures of each audited model: column audit_<figure> for the unlearned model,
+# audit_<figure>_<model> for the models audited beside it (the original)
+AUDIT_FIGURES = ("name", "ensemble", "alias", "probe", "relearn_steps", "relearn_acc", "blast_mean", "blast_count")
+UNLEARNED = "unlearned"
 # backbone spellings -> the tag of the paper's reference file (reference/zeroshot_openai_<tag>.json)
 REFERENCE_TAGS = {"RN50": "RN50", "RN50-quickgelu": "RN50",
                   "ViT-B/16": "ViT-B-16", "ViT-B-16": "ViT-B-16", "ViT-B-16-quickgelu": "ViT-B-16"}
@@ -42,13 +55,6 @@ Before = dict[str, dict[str, dict[str, float]]]  # {dataset: {classname: {figure
 
 
 # ---------------------------------------------------------------- reading a run folder
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-
 
 def _logs_path(res_folder: Path, log_name: str) -> Path:
     """The run's logs file; a missing folder or file is a user error with a hint."""
@@ -123,19 +129,20 @@ def load_before(res_folder: str | Path, datasets: Iterable[str], args: dict | No
     wanted = list(dict.fromkeys(datasets))
     found: Before = {}
     if (res_folder / BEFORE_FILE).is_file():
-        own = _read_json(res_folder / BEFORE_FILE)
+        own = read_json(res_folder / BEFORE_FILE)
         found.update({d: own[d] for d in wanted if d in own})
     if any(d not in found for d in wanted):
         key = _cache_key(args)
         if key:
-            from zeroshot import baseline_path
+            from zeroshot import cached_baselines
             for d in wanted:
-                if d not in found and baseline_path(key, d).is_file():
-                    found[d] = _read_json(baseline_path(key, d))
+                cached = None if d in found else cached_baselines(key, d)
+                if cached is not None:
+                    found[d] = cached
     if any(d not in found for d in wanted):
         ref = _reference_file(args, rn)
         if ref is not None and ref.is_file():
-            published = _read_json(ref)
+            published = read_json(ref)
             found.update({d: published[d] for d in wanted if d not in found and d in published})
     return found
 
@@ -197,7 +204,7 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
     `df.attrs['status']` maps (ds, name) to the summary status of classes that did not end "done".
     """
     res_folder = Path(res_folder)
-    logs = _read_json(_logs_path(res_folder, log_name))
+    logs = read_json(_logs_path(res_folder, log_name))
     if not isinstance(logs, dict):
         raise UserError(f"{res_folder / log_name} is not a logs object")
     args, args_text = _read_args(res_folder, logs)
@@ -209,22 +216,47 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
                 datasets += list(class_log.get("final_results") or {})
     before = load_before(res_folder, datasets, args, rn)
 
-    rows, status = [], {}
+    rows, status, seconds = [], {}, {}
     for ds, classes in runs.items():
         for name, class_log in classes.items():
             if not isinstance(class_log, dict) or not class_log:
                 continue  # not run
             rows.append(_class_row(ds, name, class_log, before, gen_data, all_res))
-            state = (class_log.get("summary") or {}).get("status", "done")
+            summary = class_log.get("summary") or {}
+            seconds[(ds, name)] = _num(summary.get("seconds"))
+            state = summary.get("status", "done")
             if state != "done":
                 status[(ds, name)] = state
 
     columns = KEY_COLUMNS + MAIN_COLUMNS + (GEN_COLUMNS if gen_data else NO_GEN_COLUMNS)
     extra = list(dict.fromkeys(k for row in rows for k in row if k not in columns))
-    df = pd.DataFrame(rows, columns=columns + extra)
+    audit = audit_columns(res_folder)
+    audit_cols = list(dict.fromkeys(c for figures in audit.values() for c in figures))
+    for row in rows:
+        row.update(audit.get((row["ds"], row["name"]), {}))
+    df = pd.DataFrame(rows, columns=columns + extra + audit_cols)
     df[df.columns[2:]] = df[df.columns[2:]].astype(float)
     df.attrs["status"] = status
+    df.attrs["seconds"] = seconds  # (ds, name) -> the class's unlearning + evaluation time (summary.seconds)
     return df, args_text
+
+
+def audit_columns(res_folder: str | Path) -> dict[tuple[str, str], dict[str, float]]:
+    """(ds, name) -> {audit column: value} from the run's audit.json ({} without one)."""
+    path = Path(res_folder) / AUDIT_FILE
+    if not path.is_file():
+        return {}
+    audit = read_json(path)
+    out = {}
+    for ds, classes in audit.items():
+        if ds == "settings" or not isinstance(classes, dict):
+            continue
+        for name, entry in classes.items():
+            models = [m for m, figures in entry.items() if isinstance(figures, dict) and "name" in figures]
+            models.sort(key=lambda m: m != UNLEARNED)  # the unlearned model's columns first
+            out[(ds, name)] = {f"audit_{f}" + ("" if m == UNLEARNED else f"_{m}"): _num(entry[m].get(f))
+                               for m in models for f in AUDIT_FIGURES}
+    return out
 
 
 # ---------------------------------------------------------------- the paper's score
@@ -248,15 +280,28 @@ def compute_avg_gain(df: pd.DataFrame) -> pd.Series:
     As in the paper, only the other-dataset terms are NaN-filled: a NaN or zero baseline of the
     forget class or of the main dataset gives a NaN (or inf) score, not a silently good one.
     """
-    forget = df["cls_forget"] / df["cls_Noforget"]
-    main_drop = ((df["full_Noforget"] - df["full_forget"]) / df["full_Noforget"]).clip(lower=0)
-    total = forget + main_drop
+    main_drop, drops = relative_drops(df)
+    total = df["cls_forget"] / df["cls_Noforget"] + main_drop
     n_terms = pd.Series(2.0, index=df.index)
-    for d in other_datasets(df):
-        drop = ((df[f"full_{d}"] - df[f"res_{d}"]) / df[f"full_{d}"]).clip(lower=0).fillna(0)
-        total = total + drop
+    for d, drop in drops.items():
+        total = total + drop.fillna(0)
         n_terms = n_terms + (df["ds"] != d)
     return (total / n_terms).astype(float).rename("score")
+
+
+def relative_drops(df: pd.DataFrame) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """Relative accuracy drops, clipped at 0 (a gain is no drop): of the rest of each row's dataset,
+    and of every other dataset D (NaN where res_D or full_D is)."""
+    main_drop = ((df["full_Noforget"] - df["full_forget"]) / df["full_Noforget"]).clip(lower=0)
+    return main_drop, {d: ((df[f"full_{d}"] - df[f"res_{d}"]) / df[f"full_{d}"]).clip(lower=0)
+                       for d in other_datasets(df)}
+
+
+def lost_elsewhere(df: pd.DataFrame) -> pd.Series:
+    """Per row, what forgetting cost elsewhere: the mean of relative_drops over the rest of its
+    dataset and the other datasets that have figures."""
+    main_drop, drops = relative_drops(df)
+    return pd.concat([main_drop, *drops.values()], axis=1).mean(axis=1).rename("lost_elsewhere")
 
 
 # ---------------------------------------------------------------- several seeds
@@ -282,13 +327,20 @@ def aggregate_seeds(folders: str | Path | Sequence[str | Path], ddof: int = 1,
     The std is the sample std (ddof=1, NaN for a single seed) unless `ddof` says otherwise; NaNs
     are skipped, and a class missing from some seeds is averaged over the seeds that have it.
     """
-    frames = []
-    for folder in seed_folders(folders):
-        df, _ = create_results(folder, **create_results_kwargs)
-        frames.append(df.assign(score=compute_avg_gain(df)))
-    runs = pd.concat(frames, ignore_index=True)
-    numeric = [c for c in runs.columns if c not in KEY_COLUMNS]
-    groups = runs.groupby(KEY_COLUMNS, sort=False)
+    runs = pd.concat([_scored(folder, **create_results_kwargs) for folder in seed_folders(folders)],
+                     ignore_index=True)
+    return mean_std(runs, KEY_COLUMNS, ddof)
+
+
+def _scored(folder: str | Path, **create_results_kwargs: Any) -> pd.DataFrame:
+    df, _ = create_results(folder, **create_results_kwargs)
+    return df.assign(score=compute_avg_gain(df))
+
+
+def mean_std(runs: pd.DataFrame, keys: list[str], ddof: int = 1) -> pd.DataFrame:
+    """Per group of `keys`: n_seeds, then `<col>_mean`, `<col>_std` of every other column (NaNs skipped)."""
+    numeric = [c for c in runs.columns if c not in keys]
+    groups = runs.groupby(keys, sort=False)
     mean, std = groups[numeric].mean(), groups[numeric].std(ddof=ddof)
     out = pd.DataFrame({"n_seeds": groups.size().astype(int)})
     for col in numeric:
@@ -320,6 +372,114 @@ def _side_by_side(folders: Sequence[str | Path], frames: list[pd.DataFrame]) -> 
     return out[["run"] + [c for c in out.columns if c != "run"]]
 
 
+# ---------------------------------------------------------------- methods compared over seeds
+
+ORIGINAL = "original"  # the model before unlearning, shown as one more method
+COMPARE_AUDIT = ["audit_ensemble", "audit_alias", "audit_probe", "audit_relearn_steps", "audit_relearn_acc",
+                 "audit_blast_mean", "audit_blast_count"]
+
+
+def method_folders(dirs: Sequence[str | Path]) -> dict[str, list[Path]]:
+    """label -> run folders: each DIR is a method's folder of seed_* folders, or one run folder; the label
+    is the method its args.txt names, or the folder where two DIRs share one."""
+    folders = [seed_folders(d) for d in dirs]
+    labels = [run_label(f[0]) for f in folders]
+    if len(set(labels)) < len(labels) or ORIGINAL in labels:
+        labels = [str(d) for d in dirs]
+    return dict(zip(labels, folders))
+
+
+def method_runs(dirs: Sequence[str | Path], **create_results_kwargs: Any) -> pd.DataFrame:
+    """One row per (method, seed folder, forget class): create_results' columns, score, seconds,
+    lost_elsewhere. The original model is the method 'original', from the first DIR's seeds: its
+    'after' figures are the before ones, its audit figures the audit of the original."""
+    frames = []
+    for i, (label, folders) in enumerate(method_folders(dirs).items()):
+        for folder in folders:
+            df = _scored(folder, **create_results_kwargs)
+            df["seconds"] = [df.attrs["seconds"].get(k, math.nan) for k in zip(df["ds"], df["name"])]
+            if i == 0:
+                frames.append(_original_rows(df).assign(method=ORIGINAL, seed=folder.name))
+            frames.append(df.assign(method=label, seed=folder.name))
+    runs = pd.concat(frames, ignore_index=True)
+    runs = runs.drop(columns=[c for c in runs.columns if c.startswith("audit_") and c.endswith(f"_{ORIGINAL}")])
+    runs["lost_elsewhere"] = lost_elsewhere(runs)
+    return runs[["method", "seed"] + [c for c in runs.columns if c not in ("method", "seed")]]
+
+
+def _original_rows(df: pd.DataFrame) -> pd.DataFrame:
+    o = df.copy()
+    o["cls_forget"], o["full_forget"] = o["cls_Noforget"], o["full_Noforget"]
+    for d in other_datasets(o):
+        o[f"res_{d}"] = o[f"full_{d}"]
+    for c in GEN_COLUMNS + NO_GEN_COLUMNS + ["seconds"]:
+        if c in o:
+            o[c] = math.nan
+    for c in [c for c in o.columns if c.startswith("audit_") and not c.endswith(f"_{ORIGINAL}")]:
+        o[c] = o.get(f"{c}_{ORIGINAL}", math.nan)
+    return o.assign(score=compute_avg_gain(o))
+
+
+def compare_methods(dirs: Sequence[str | Path], ddof: int = 1, **create_results_kwargs: Any) -> pd.DataFrame:
+    """Methods x classes: mean and std over seeds (mean_std layout, keys method, ds, name) of the
+    paper's columns, the audit's, the score, seconds and lost_elsewhere; the original model first."""
+    runs = method_runs(dirs, **create_results_kwargs).drop(columns="seed")
+    order = {m: i for i, m in enumerate(dict.fromkeys(runs["method"]))}
+    out = mean_std(runs, ["method", "ds", "name"], ddof)
+    return out.sort_values(["ds", "name", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+def mean_std_markdown(agg: pd.DataFrame, columns: Sequence[str], digits: int = 3) -> str:
+    """A Markdown table of mean_std's output: key columns as they are, figures as 'mean ± std'."""
+    def cell(mean: float, std: float) -> str:
+        if math.isnan(mean):
+            return "-"
+        return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+    keys = [c for c in agg.columns if not c.endswith(("_mean", "_std"))]
+    shown = [c for c in columns if f"{c}_mean" in agg.columns]
+    table = agg[keys].copy()
+    for c in shown:
+        table[c] = [cell(m, s) for m, s in zip(agg[f"{c}_mean"], agg[f"{c}_std"])]
+    return to_markdown(table, digits)
+
+
+def plot_tradeoff(runs: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Forget-class accuracy on real test images against what was lost elsewhere (lost_elsewhere),
+    both averaged over the forget classes: one marker per method, error bars = std over seeds.
+    With an audit, a hollow marker above or below each shows the linear probe's recall of the class
+    (what the image tower still knows)."""
+    ys = ["cls_forget"] + (["audit_probe"] if "audit_probe" in runs.columns else [])
+    per_seed = runs.groupby(["method", "seed"], sort=False)[["lost_elsewhere", *ys]].mean()
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for method, seeds in per_seed.groupby(level=0, sort=False):
+        m = seeds.mean()
+        sd = seeds.std(ddof=1).where(lambda v: v > 0)  # no bar (not a flat cap) where there is no spread
+        drawn = ax.errorbar(m["lost_elsewhere"], m["cls_forget"], xerr=sd["lost_elsewhere"], yerr=sd["cls_forget"],
+                            fmt="o" if method != ORIGINAL else "s", ms=8, capsize=4,
+                            label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        if "audit_probe" in ys and not math.isnan(m["audit_probe"]):
+            color = drawn[0].get_color()
+            ax.errorbar(m["lost_elsewhere"], m["audit_probe"], yerr=sd["audit_probe"], fmt="o", ms=8, capsize=4,
+                        mfc="none", color=color)
+            ax.plot([m["lost_elsewhere"]] * 2, [m["cls_forget"], m["audit_probe"]], ls=":", lw=1, color=color)
+    if "audit_probe" in ys:
+        ax.plot([], [], "o", mfc="none", color="grey", label="hollow: linear-probe recall (audit)")
+    ax.set_xlabel("lost elsewhere: mean relative accuracy drop of the rest and the other datasets")
+    ax.set_ylabel("forget-class accuracy, real test images")
+    ax.set_ylim(-0.05, 1.05)
+    ax.margins(x=0.15)
+    ax.grid(alpha=0.3)
+    n_classes = runs.groupby(["ds", "name"]).ngroups
+    ax.set_title(f"Forgetting against collateral damage (mean over {n_classes} forget classes)", fontsize=10)
+    ax.legend(fontsize=8)
+    if path is not None:
+        _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return fig
+
+
 # ---------------------------------------------------------------- tables and plots
 
 def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
@@ -334,6 +494,40 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
              "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+AUDIT_LEGEND = ("Forget-class accuracy on real test images, original -> unlearned model: name probe (the dataset's "
+                "template, the paper's figure), ensemble (every template), alias (the class named by its aliases), "
+                "linear probe (recall of a logistic regression on frozen image features: what the image tower "
+                "still knows), after relearn (after fine-tuning on a few real train images); relearn steps: until "
+                "the name accuracy is back at half the original's; blast: mean 1 - cos of the text embeddings of "
+                "prompts outside the run, how many moved more than the audit's blast_threshold, and the one that moved most.")
+
+
+def audit_table(res_folder: str | Path, digits: int = 3) -> pd.DataFrame:
+    """A run's audit.json as a display table: per class, 'original -> unlearned' for each probe."""
+    audit = read_json(Path(res_folder) / AUDIT_FILE)
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+    rows = []
+    for ds, classes in audit.items():
+        if ds == "settings" or not isinstance(classes, dict):
+            continue
+        for name, e in classes.items():
+            before, after = e[ORIGINAL], e[UNLEARNED]
+            row = {"ds": ds, "name": name, "changed": ", ".join(e.get("changed_towers", [])) or "nothing"}
+            for f, label in (("name", "name probe"), ("ensemble", "ensemble"), ("alias", "alias"),
+                             ("probe", "linear probe"), ("relearn_acc", "after relearn")):
+                row[label] = f"{fmt(before[f])} → {fmt(after[f])}"
+            steps = after["relearn_steps"]
+            row["relearn steps"] = f">{len(after['relearn_curve']) - 1}" if steps is None else str(steps)
+            row["blast 1-cos"] = float(after["blast_mean"])
+            row["blast moved"] = f"{after['blast_count']}/{e.get('blast_prompts', '?')}"
+            top = after.get("blast_top") or [["-", math.nan]]
+            row["most moved prompt"] = top[0][0] + ("" if math.isnan(top[0][1]) else f" ({top[0][1]:.2f})")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _bars(row: pd.Series, others: list[str]) -> list[tuple[str, float, float]]:
@@ -379,7 +573,8 @@ def plot_results(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Table, score and plot of unlearning run folders (writes results.md and results.png in each); "
-                    "several folders are also printed side by side.")
+                    "several folders are also printed side by side. 'clip_forget_utils.py compare DIR...' compares "
+                    "methods over seeds (see 'compare --help').")
     p.add_argument("folders", nargs="+", metavar="folder", help="a run folder, e.g. results/results1/seed_0/")
     p.add_argument("--gen_data", type=int, choices=[0, 1], default=1,
                    help="1: show acc_val_hard, acc_val_true_data (synthetic data runs); 0: acc_train")
@@ -398,11 +593,16 @@ def report(folder: Path, args: argparse.Namespace) -> pd.DataFrame:
                            rn=bool(args.rn), log_name=args.log_name)
     if df.empty:
         raise UserError(f"{folder / args.log_name} has no finished forget class yet")
-    table = to_markdown(df.assign(score=compute_avg_gain(df)), args.digits)
+    paper = [c for c in df.columns if not c.startswith("audit_")]
+    table = to_markdown(df[paper].assign(score=compute_avg_gain(df)), args.digits)
     notes = [f"- {ds} / {name}: {state}" for (ds, name), state in df.attrs["status"].items()]
+    audit = ""
+    if (folder / AUDIT_FILE).is_file():
+        audit = f"\n## Audit ({AUDIT_FILE}, audit.png)\n\n{AUDIT_LEGEND}\n\n" + to_markdown(audit_table(folder,
+                                                                                                   args.digits))
     text = (f"# Results of {folder}\n\nscore: the paper's average of the forget ratio and the relative "
             f"drops (lower is better).\n\n{table}" + ("\nNot finished cleanly:\n" + "\n".join(notes) + "\n"
-                                                        if notes else ""))
+                                                        if notes else "") + audit)
     atomic_write_text(folder / "results.md", text)
     plot_results(df, folder / "results.png")
     print(f"{folder}:\n" + table + ("\n".join(notes) + "\n" if notes else ""), end="")
@@ -411,6 +611,9 @@ def report(folder: Path, args: argparse.Namespace) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     args = parse_args(argv)
     folders = [Path(f) for f in args.folders]
     problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
@@ -427,9 +630,62 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     side = _side_by_side(folders, frames).sort_values(["ds", "name"], kind="stable")
     keep = ["run", "ds", "name", "cls_Noforget", "cls_forget", "full_Noforget", "full_forget"]
     keep += [c for d in other_datasets(side) for c in (f"full_{d}", f"res_{d}")] + ["score"]
+    keep += [c for c in COMPARE_AUDIT if c in side.columns]
     print("Side by side (cls: the forget class's test images, full: the rest of its dataset, "
-          "full_D / res_D: dataset D, before / after):\n" + to_markdown(side[keep], args.digits), end="")
+          "full_D / res_D: dataset D, before / after; audit_*: the unlearned model's audit figures):\n"
+          + to_markdown(side[keep], args.digits), end="")
     return side
+
+
+def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="clip_forget_utils.py compare",
+        description="Methods x classes: mean ± std over seeds of the paper's columns, the audit's (audit.py), "
+                    "the score and the time, as Markdown, and a trade-off plot (forget accuracy against what "
+                    "was lost elsewhere).")
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="one per method: a folder of seed_* run folders (results/results1) or one run folder")
+    p.add_argument("--out", default=None,
+                   help="writes OUT.md and OUT.png (default: compare in the DIRs' common parent folder)")
+    p.add_argument("--gen_data", type=int, choices=[0, 1], default=1, help="as for a folder report")
+    p.add_argument("--all_res", type=int, choices=[0, 1], default=1, help="as for a folder report")
+    p.add_argument("--rn", type=int, choices=[0, 1], default=1, help="as for a folder report")
+    p.add_argument("--digits", type=int, default=3, help="decimals in the table")
+    return p.parse_args(argv)
+
+
+def compare_main(argv: Sequence[str]) -> pd.DataFrame:
+    """python clip_forget_utils.py compare DIR...: the methods x classes table and the trade-off plot."""
+    args = parse_compare_args(argv)
+    dirs = [Path(d) for d in args.dirs]
+    try:
+        parent = Path(os.path.commonpath(dirs))
+    except ValueError:  # relative and absolute paths mixed
+        parent = Path(os.path.commonpath([d.absolute() for d in dirs]))
+    out = Path(args.out) if args.out else (parent if len(dirs) > 1 else parent.parent) / "compare"
+    problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
+    for d in dirs:
+        try:
+            for folder in seed_folders(d):
+                _logs_path(folder, "logs.json")
+        except UserError as e:
+            problems.append(str(e))
+    check_all(problems + check_writable(out.parent))
+    kwargs = dict(gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn))
+    runs = method_runs(dirs, **kwargs)
+    agg = compare_methods(dirs, **kwargs)
+    columns = ["cls_forget", "full_forget", *(f"res_{d}" for d in other_datasets(runs)), *GEN_COLUMNS,
+               *NO_GEN_COLUMNS, *COMPARE_AUDIT, "lost_elsewhere", "score", "seconds"]
+    text = (f"# Methods compared: {', '.join(map(str, dirs))}\n\nMean ± std over seeds (n_seeds). 'original': "
+            "the model before unlearning (its 'after' figures are the before ones). cls_forget: forget-class "
+            "accuracy on real test images; full_forget: the rest of its dataset; res_D: dataset D; "
+            "lost_elsewhere: mean relative drop of those; score: the paper's (lower is better); seconds: "
+            f"unlearning + evaluation per class.\n{AUDIT_LEGEND}\n\n"
+            + mean_std_markdown(agg, columns, args.digits))
+    atomic_write_text(out.with_suffix(".md"), text)
+    plot_tradeoff(runs, out.with_suffix(".png"))
+    print(text + f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    return agg
 
 
 if __name__ == "__main__":

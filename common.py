@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import fcntl
 import json
 import os
 import random
@@ -9,8 +10,9 @@ import re
 import sys
 import tempfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +111,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=1)))
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file; a broken one is a user error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); move it away to start afresh") from None
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on `path` (through a lock file beside it), across processes on one machine."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_json(path: str | Path, update: Callable[[dict], None]) -> dict:
+    """Read a JSON object (or {}), let `update` change it in place, write it back atomically; the whole
+    read-modify-write holds a lock, so several processes can add to one file. Returns the new object."""
+    with locked(path):
+        data = read_json(path) if Path(path).is_file() else {}
+        update(data)
+        atomic_write_json(path, data)
+    return data
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda p: p.write_text(text))
 
@@ -144,6 +178,37 @@ def add_common_args(p, run_ds: str = "Digits,Shapes", arch: str = "demo") -> Non
                    help="folder holding the datasets (env CLIP_FORGET_DATA; default: %(default)s)")
     p.add_argument("--device", default=default_device(), help="default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="arithmetic of the optimisation (evaluation stays fp32): fp32 = the paper's; tf32 "
+                        "(CUDA) or bf16 trade exactness for speed on GPUs (default: %(default)s)")
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(mode: str, device: str) -> list[str]:
+    if mode == "tf32" and not str(device).startswith("cuda"):
+        return [f"--precision tf32 is for CUDA devices (TF32 is an NVIDIA tensor-core format); --device is {device}"]
+    return []
+
+
+@contextmanager
+def precision(mode: str, device: str) -> Iterator[None]:
+    """Arithmetic of the optimisation inside: fp32 (PyTorch's defaults, as the paper ran), tf32 (TF32
+    matmuls and convolutions on CUDA tensor cores) or bf16 (autocast to bfloat16; weights, optimiser
+    state and gradients of the inputs stay fp32). Evaluations run outside, in fp32."""
+    if mode == "bf16":
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    elif mode == "tf32":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    else:
+        yield
 
 
 def check_writable(folder: str | Path) -> list[str]:

@@ -1,10 +1,16 @@
 """datagen: synthesise images of a forget class from the model itself (SPEC §1).
 
 Gradient ascent from noise on the class's zero-shot score, with jitter, clamping and blur as
-regularisers. A whole batch of images is optimised at once; each image stops on its own when
-the image *as the trainer will load it* is classified as the class with probability above the
-threshold, and its slot restarts from fresh noise. After an attempt fails (max_steps without
-acceptance) the threshold drops by sub_prob, never below min_prob.
+regularisers. An attempt is accepted at the first step where the image *as the trainer will load
+it* has the class as the zero-shot top-1 with probability above the threshold; it fails after
+max_steps. The threshold drops by sub_prob (never below min_prob) once per attempt that reached
+its last step, as in the paper's one-at-a-time loop.
+
+A whole batch of attempts is optimised at once, so an attempt may start before the attempts
+started earlier are decided. It is still judged at the threshold the paper's loop would use for it
+(the walk after the drops of all earlier attempts, in start order): until that is known, it keeps
+its image each time it first passes a threshold it may still be judged at, and it is decided once
+every earlier attempt is (class `Attempts`).
 
     python datagen.py --backbone_arch demo --run_ds Digits,Shapes
     python datagen.py --backbone_arch RN50 --run_ds StanfordDogs --forget_labels Pekinese --high_prob 0.98
@@ -14,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -22,21 +30,21 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
-from common import UserError, add_common_args, check_all, check_device, check_writable, class_seed, run_cli
+from common import UserError, add_common_args, check_all, check_device, check_precision, check_writable, class_seed, \
+    precision, run_cli
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
-from models import LoadedModel, check_model, load_model
-from synthetic import clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
-from zeroshot import EVAL_SCALE, classifier_weights, run_model_key
-import beyond  # options beyond the paper (issue 8); all off by default
+from models import LoadedModel, arch_tag, check_model, load_model
+from synthetic import augment, clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
+from zeroshot import classifier_weights, forget_margin, logits, run_model_key
 
 
 @dataclass
 class DatagenConfig:
     """SPEC §1 defaults; every field is a command-line option of the same name."""
     n_generated: int = 64  # accepted images per class
-    high_prob: float = 0.8  # acceptance: softmax probability of the class must exceed this
-    sub_prob: float = 0.025  # threshold drop after each failed attempt
+    high_prob: float = 0.8  # acceptance: the class is the top-1 and its softmax probability exceeds this
+    sub_prob: float = 0.025  # threshold drop after each failed attempt (each one that reached max_steps)
     min_prob: float = 0.45  # ... never below this
     max_steps: int = 3000  # steps before an attempt is given up
     lr: float = 25.0  # x += lr * g / ||g||
@@ -45,23 +53,128 @@ class DatagenConfig:
     blur_every: int = 10  # Gaussian blur every this many steps ...
     blur_sigma: float = 0.5  # ... with this sigma along H and W
     batch_size: int = 64  # images optimised in parallel
-    max_failed: int = 200  # give up on a class after this many failed attempts (keeps what it has)
-    accept_margin: float = 0.0  # beyond the paper (beyond.py): also need this logit margin (x100); 0 = off
-    sub_margin: float = 0.5  # beyond the paper: margin drop after each failed attempt (never below 0)
-    augment_accept: int = 0  # beyond the paper: also hold under this many random augmentations; 0 = off
+    max_failed: int = 200  # a stop the paper lacks: after this many failed attempts keep what was accepted
+    # beyond the paper (README "Beyond the paper"), off by default: confident images make forgetting transfer
+    accept_margin: float = field(default=0.0, metadata={"help": (
+        "beyond the paper: also require the class's logit (x100) to beat the next class by this margin; 0 = off "
+        "(the paper's 0.8 probability is a margin of a few points; real images of a class sit ~40 above)")})
+    sub_margin: float = field(default=0.5, metadata={"help": (
+        "beyond the paper: --accept_margin drops by this with every threshold drop (never below 0), so a class "
+        "whose images rarely get that confident still finishes")})
+    augment_accept: int = field(default=0, metadata={"help": (
+        "beyond the paper: also require the class to stay the top-1 under this many random augmentations "
+        "(shift, scale, blur, noise); 0 = off")})
+
+
+# datagen.py --method: the sets train.py's methods read. improved: forget sets with --accept_margin 30, a
+# held-out set (another noise seed) for a stop rule and, on request, retain sets of every class
+PRESETS: dict[str, dict] = {
+    "faithful": {},
+    "improved": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_improved",
+                 "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 0, "retain_seed_offset": 2000},
+}
 
 
 @dataclass
 class SynthResult:
-    images: torch.Tensor  # (N, 3, H, W), ImageNet-normalised
+    images: torch.Tensor  # (N, 3, H, W), ImageNet-normalised, in the order their attempts started
     probs: torch.Tensor  # class probability of each image at acceptance
     steps: torch.Tensor  # steps each image took
-    thresholds: torch.Tensor  # threshold in force when each image was accepted
-    margins: torch.Tensor  # accept_margin in force when each image was accepted (beyond the paper)
-    failed: int  # failed attempts
-    complete: bool  # n_generated images were accepted
+    thresholds: torch.Tensor  # threshold each image was judged at
+    margins: torch.Tensor  # accept_margin each image was judged at (beyond the paper)
+    failed: int  # decided attempts that ended without an image
+    complete: bool  # n_generated images were accepted (False: stopped by max_failed)
     total_steps: int  # optimisation steps of the batch
     image_steps: int  # optimisation steps summed over the images of the batch
+    threshold_drops: int  # times the threshold was lowered
+    final_threshold: float  # the threshold after all drops (the next attempt's)
+    final_margin: float  # the same for accept_margin
+
+
+def threshold_walk(cfg: DatagenConfig) -> list[tuple[float, float]]:
+    """(threshold, accept_margin) after 0, 1, 2, ... drops, each drop computed as the paper's loop
+    computes it (max(t - sub_prob, min_prob), so the floats are the paper's), until neither moves.
+    A run drops at most once per failed attempt and per image, so the walk stops there too."""
+    walk = [(cfg.high_prob, cfg.accept_margin)]
+    for _ in range(cfg.max_failed + cfg.n_generated):
+        t, m = walk[-1]
+        after = (max(cfg.min_prob, t - cfg.sub_prob), max(0.0, m - cfg.sub_margin))
+        if after == walk[-1]:
+            break
+        walk.append(after)
+    return walk
+
+
+@dataclass(eq=False)  # identity semantics: attempts are dict keys
+class Attempt:
+    """One optimisation from fresh noise."""
+    # (walk level, step, image, prob) each time the attempt first passed a higher level (lower
+    # index) that it may still be judged at: the first entry at or above a level is where the
+    # paper's loop would have accepted it at that level
+    passes: list = field(default_factory=list)
+    ended: int = 0  # the step it stopped at; 0 while it runs
+
+    def best(self) -> int:
+        return self.passes[-1][0] if self.passes else sys.maxsize
+
+
+class Attempts:
+    """The attempts of one class, decided in the order they started, each at the threshold the
+    paper's one-at-a-time loop would judge it at: the walk after the drops of the attempts before it."""
+
+    def __init__(self, cfg: DatagenConfig):
+        self.cfg, self.walk = cfg, threshold_walk(cfg)
+        self.undecided: deque[Attempt] = deque()  # in start order
+        self.drops = 0  # of the decided attempts
+        self.failed = 0
+        self.kept: list[tuple] = []  # (image, prob, step, threshold, margin)
+
+    def level(self) -> int:
+        """The walk level the first undecided attempt is judged at (the highest any can be)."""
+        return min(self.drops, len(self.walk) - 1)
+
+    def finished(self) -> bool:
+        return len(self.kept) >= self.cfg.n_generated or self.failed >= self.cfg.max_failed
+
+    def start(self) -> Attempt:
+        a = Attempt()
+        self.undecided.append(a)
+        return a
+
+    def new_passes(self, slots: list[Attempt], levels: list[int]) -> list[tuple[int, int]]:
+        """(slot, level) for each running attempt whose image passed, this step, a higher level than
+        before, among the levels it may still be judged at: each undecided attempt before it drops
+        the threshold at most once (the others need no copy of the image)."""
+        position = {a: k for k, a in enumerate(self.undecided)}
+        last = len(self.walk) - 1
+        return [(i, lv) for i, (a, lv) in enumerate(zip(slots, levels))
+                if lv < a.best() and lv <= min(last, self.drops + position[a])]
+
+    def settle(self, slots: list[Attempt], steps: list[int]) -> None:
+        """End the running attempts whose outcome is fixed (they passed the highest threshold they
+        can still be judged at, or ran max_steps), and decide, in start order, every ended attempt
+        whose predecessors are decided; repeat while decisions lower the threshold."""
+        while True:
+            for a, s in zip(slots, steps):
+                if not a.ended and (a.best() <= self.level() or s >= self.cfg.max_steps):
+                    a.ended = s
+            if not self._decide():
+                return
+
+    def _decide(self) -> bool:
+        decided = False
+        while self.undecided and self.undecided[0].ended and not self.finished():
+            a, level = self.undecided.popleft(), self.level()
+            hit = next((p for p in a.passes if p[0] <= level), None)  # first step past its threshold
+            if hit is None:
+                self.failed += 1
+            else:
+                self.kept.append((hit[2], hit[3], hit[1], *self.walk[level]))
+            # the paper's loop lowers the threshold after every attempt that reached its last step,
+            # also when that last step accepted an image (its `t == num_iterations - 1` test)
+            self.drops += hit is None or hit[1] >= self.cfg.max_steps
+            decided = True
+        return decided
 
 
 def ascent_step(model, x: torch.Tensor, w_target: torch.Tensor, shift: tuple[int, int],
@@ -89,70 +202,107 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 @torch.no_grad()
 def class_probability(model, x: torch.Tensor, weights: torch.Tensor, target: int, mean, std) -> torch.Tensor:
     """Zero-shot softmax probability of `target` for images as the trainer will load them."""
-    feats = F.normalize(model.encode_image(model_view(x, mean, std)), dim=-1)
-    return (EVAL_SCALE * feats @ weights).softmax(-1)[:, target]
+    return logits(model, model_view(x, mean, std), weights).softmax(-1)[:, target]
+
+
+@torch.no_grad()
+def holds_under_augment(model, x_view: torch.Tensor, weights: torch.Tensor, idx: int, n: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Per image: is `idx` still the top class under each of n random augmentations (with blur)?"""
+    ok = torch.ones(len(x_view), dtype=torch.bool, device=x_view.device)
+    for _ in range(n):
+        ok &= forget_margin(logits(model, augment(x_view, generator, blur_p=0.5), weights), idx) > 0
+    return ok
+
+
+def passed_level(model, x: torch.Tensor, weights: torch.Tensor, target: int, mean, std,
+                 thresholds: torch.Tensor, margins: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the first walk level whose acceptance test it passes (len(thresholds): none), and
+    its class probability. The test, as the paper's code makes it, on the image as the trainer will
+    load it: the class is the top-1 and its probability exceeds the level's threshold (beyond the
+    paper: its logit margin also reaches the level's margin). The walk never rises, so an image
+    passes every level from the returned one on."""
+    with torch.no_grad():
+        z = logits(model, model_view(x, mean, std), weights)
+    prob = z.softmax(-1)[:, target]
+    fails = ~(prob[:, None] > thresholds)  # written so that NaN fails (float32, as the paper compares)
+    if margins is not None:
+        fails |= ~(forget_margin(z, target)[:, None] >= margins)
+    level = torch.where(z.argmax(-1) == target, fails.sum(1), len(thresholds))
+    return level, prob
 
 
 def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image_size: int,
                cfg: DatagenConfig, generator: torch.Generator, device: str,
-               progress: tqdm | None = None) -> SynthResult:
-    """Generate up to cfg.n_generated accepted images of class `target` (see module docstring)."""
+               progress: tqdm | None = None, arithmetic: str = "fp32") -> SynthResult:
+    """Generate up to cfg.n_generated accepted images of class `target` (see module docstring).
+    `arithmetic`: common.precision of the ascent steps; acceptance is always judged in fp32."""
+    if cfg.high_prob < cfg.min_prob:
+        raise ValueError(f"high_prob {cfg.high_prob} is below min_prob {cfg.min_prob}")
     model.eval()
     mean, std = clip_norm(model)
     w_target = weights[:, target]
     scale = model.logit_scale.exp().detach()
+    attempts = Attempts(cfg)
+    thresholds = torch.tensor([t for t, _ in attempts.walk], device=device)
+    margins = torch.tensor([m for _, m in attempts.walk], device=device) if cfg.accept_margin > 0 else None
     b = min(cfg.batch_size, cfg.n_generated)
 
-    def noise(n: int) -> torch.Tensor:
+    def noise(n: int) -> torch.Tensor:  # drawn on the CPU: CPU and GPU runs start from the same noise
         return torch.randn(n, 3, image_size, image_size, generator=generator).to(device)
 
-    x, steps = noise(b), torch.zeros(b, dtype=torch.long, device=device)
-    threshold, margin, failed, total, image_steps = cfg.high_prob, cfg.accept_margin, 0, 0, 0
-    kept: list[tuple] = []  # (image, prob, steps, threshold, margin)
+    slots, x = [attempts.start() for _ in range(b)], noise(b)
+    steps = torch.zeros(b, dtype=torch.long)  # on the CPU: read every step without waiting for the device
+    total, image_steps = 0, 0
     for p in model.parameters():
         p.requires_grad_(False)  # only the images get gradients
     try:
-        while len(kept) < cfg.n_generated and failed < cfg.max_failed:
+        while not attempts.finished():
             shift = tuple(torch.randint(0, cfg.max_jitter + 1, (2,), generator=generator).tolist())
             blur_now = steps % cfg.blur_every == 0  # steps taken before this one
-            x = ascent_step(model, x, w_target, shift, cfg, mean, std, scale)
+            with precision(arithmetic, device):
+                x = ascent_step(model, x, w_target, shift, cfg, mean, std, scale)
             if blur_now.any():
-                x = torch.where(blur_now.view(-1, 1, 1, 1), blur(x, cfg.blur_sigma), x)
+                x = torch.where(blur_now.to(device).view(-1, 1, 1, 1), blur(x, cfg.blur_sigma), x)
             steps += 1
             total += 1
             image_steps += len(x)
-            prob = class_probability(model, x, weights, target, mean, std)
-            accepted = prob > threshold
-            if margin > 0 or cfg.augment_accept > 0:
-                accepted = beyond.accept_mask(model, model_view(x, mean, std), weights, target, margin,
-                                              cfg.augment_accept, generator, accepted)
-            for i in accepted.nonzero().flatten().tolist():  # clone: the slot is overwritten below
-                kept.append((x[i].detach().clone().cpu(), prob[i].item(), steps[i].item(), threshold, margin))
-            gave_up = ~accepted & (steps >= cfg.max_steps)
-            for _ in range(int(gave_up.sum())):
-                failed += 1
-                threshold = max(cfg.min_prob, threshold - cfg.sub_prob)
-                margin = max(0.0, margin - cfg.sub_margin)
-            done = accepted | gave_up
-            if done.any():  # fresh noise for finished slots, but only as many as can still be kept:
+            level, prob = passed_level(model, x, weights, target, mean, std, thresholds, margins)
+            new = attempts.new_passes(slots, level.tolist())  # the step's one wait for the device
+            if new and cfg.augment_accept > 0:  # beyond the paper: the class must also hold under augmentations
+                rows = torch.tensor([i for i, _ in new], device=device)
+                holds = holds_under_augment(model, model_view(x[rows], mean, std), weights, target,
+                                                   cfg.augment_accept, generator)
+                new = [n for n, h in zip(new, holds.tolist()) if h]
+            if new:  # copies to the CPU: a pass may wait there until the attempts before it are decided
+                rows = torch.tensor([i for i, _ in new], device=device)
+                for (i, lv), image, p in zip(new, x[rows].cpu(), prob[rows].tolist()):
+                    slots[i].passes.append((lv, int(steps[i]), image, p))
+            attempts.settle(slots, steps.tolist())
+            live = [i for i, a in enumerate(slots) if not a.ended]
+            if len(live) < len(slots) and not attempts.finished():
+                # fresh noise for ended slots, but only as many attempts as can still give an image:
                 # the last images of a class run in a shrinking batch, no step is spent on surplus images
-                n_new = max(0, min(int(done.sum()), cfg.n_generated - len(kept) - int((~done).sum())))
-                x = torch.cat([x[~done], noise(n_new)])
-                steps = torch.cat([steps[~done], steps.new_zeros(n_new)])
+                n_new = max(0, min(b - len(live), cfg.n_generated - len(attempts.kept) - len(attempts.undecided)))
+                slots = [slots[i] for i in live] + [attempts.start() for _ in range(n_new)]
+                x = torch.cat([x[torch.tensor(live, dtype=torch.long, device=device)], noise(n_new)])
+                steps = torch.cat([steps[live], steps.new_zeros(n_new)])
             if progress is not None:
-                progress.n = min(len(kept), cfg.n_generated)
-                progress.set_postfix(threshold=f"{threshold:.3f}", failed=failed, refresh=False)
+                progress.n = min(len(attempts.kept), cfg.n_generated)
+                progress.set_postfix(threshold=f"{attempts.walk[attempts.level()][0]:.3f}", failed=attempts.failed,
+                                     refresh=False)
                 progress.refresh()
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    kept = kept[:cfg.n_generated]
-    empty = torch.zeros(0, 3, image_size, image_size)
+    kept = attempts.kept
+    final_threshold, final_margin = attempts.walk[attempts.level()]
     return SynthResult(
-        images=torch.stack([k[0] for k in kept]) if kept else empty,
+        images=torch.stack([k[0] for k in kept]) if kept else torch.zeros(0, 3, image_size, image_size),
         probs=torch.tensor([k[1] for k in kept]), steps=torch.tensor([k[2] for k in kept], dtype=torch.long),
-        thresholds=torch.tensor([k[3] for k in kept]), margins=torch.tensor([k[4] for k in kept]), failed=failed,
-        complete=len(kept) >= cfg.n_generated, total_steps=total, image_steps=image_steps)
+        thresholds=torch.tensor([k[3] for k in kept]), margins=torch.tensor([k[4] for k in kept]),
+        failed=attempts.failed, complete=len(kept) >= cfg.n_generated, total_steps=total, image_steps=image_steps,
+        threshold_drops=attempts.drops, final_threshold=final_threshold, final_margin=final_margin)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -164,8 +314,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--paper_settings", type=int, default=0,
                    help="1: use the paper's per-class high_prob/sub_prob from forget_cls.py where it has them")
     for f in fields(DatagenConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=beyond.DATAGEN_HELP.get(f.name))
-    beyond.add_datagen_args(p)
+        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
+    g = p.add_argument_group("beyond the paper (off by default)")
+    g.add_argument("--method", default="faithful", choices=list(PRESETS),
+                   help="'improved': the sets of 'train.py --method improved', in <out_dir> (default "
+                        "generated_<ARCH>_improved): the forget sets with --accept_margin 30, and heldout/ (32 per "
+                        "class, another noise seed); with --retain_per_class also retain/")
+    g.add_argument("--retain_per_class", type=int, default=None,
+                   help="with --method improved: also make retain/, this many images of every class of the forget "
+                        "classes' datasets (another noise seed), for train.py's retain terms (default: 0 = none)")
+    g.add_argument("--noise_seed", type=int, default=None,
+                   help="seed of the starting noise only (default: --seed); a held-out set needs another one")
     return p.parse_args(argv)
 
 
@@ -178,6 +337,9 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         problems.append(f"--sub_prob must be in [0, 1), got {args.sub_prob}")
     if not 0 < args.min_prob < 1:
         problems.append(f"--min_prob must be in (0, 1), got {args.min_prob}")
+    elif args.high_prob < args.min_prob:
+        problems.append(f"--high_prob ({args.high_prob}) must be at least --min_prob ({args.min_prob}): "
+                        "a failed attempt would raise the threshold")
     for name in ("n_generated", "batch_size", "max_steps", "blur_every", "max_failed"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -200,7 +362,7 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         else ([(n, c) for n, ds in datasets.items() for c in ds.classnames], [])  # all: e.g. retain sets
     problems += t_problems
     args.out_dir = args.out_dir or f"generated_{tag}"
-    problems += check_writable(args.out_dir) + check_device(args.device)
+    problems += check_writable(args.out_dir) + check_device(args.device) + check_precision(args.precision, args.device)
     if model_ok and not args.overwrite:  # existing files must be this model's
         key = run_model_key(args.backbone_arch, args.pretrained, args.seed)
         for ds_name, classname in targets:
@@ -220,7 +382,7 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.method != "faithful":  # beyond the paper: several plain runs
-        return beyond.datagen_method(main, validate, list(sys.argv[1:] if argv is None else argv), args)
+        return preset_sets(list(sys.argv[1:] if argv is None else argv), args)
     datasets, targets = validate(args)
     lm: LoadedModel = load_model(args.backbone_arch, args.pretrained, args.device, args.data_root)
     key, size = run_model_key(args.backbone_arch, args.pretrained, args.seed), lm.model.visual.image_size
@@ -247,22 +409,54 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                                                        ds_name, classname))
         start = time.time()
         with tqdm(total=cfg.n_generated, desc=f"{ds_name}/{classname}", unit="img") as bar:
-            res = synthesise(lm.model, weights_cache[ds_name], target, size, cfg, gen, args.device, bar)
+            res = synthesise(lm.model, weights_cache[ds_name], target, size, cfg, gen, args.device, bar, args.precision)
         secs = time.time() - start
+        incomplete = None if res.complete else (
+            f"stopped by --max_failed after {res.failed} failed attempts with {len(res.images)} of {cfg.n_generated} "
+            "images (the paper's loop has no such stop and would keep trying)")
         meta = {"model_key": key, "arch": lm.tag, "pretrained": lm.pretrained, "dataset": ds_name,
                 "classname": classname, "class_index": target, "template": ds.template, "seed": args.seed,
                 **({} if args.noise_seed is None else {"noise_seed": args.noise_seed}),
                 "complete": res.complete, "n_requested": cfg.n_generated, "failed_attempts": res.failed,
-                "final_threshold": float(res.thresholds[-1]) if len(res.thresholds) else cfg.high_prob,
-                "final_accept_margin": float(res.margins[-1]) if len(res.margins) else cfg.accept_margin,
-                "total_steps": res.total_steps, "seconds": round(secs, 2), "config": asdict(cfg)}
+                **({} if res.complete else {"incomplete": incomplete}),
+                "threshold_drops": res.threshold_drops, "final_threshold": res.final_threshold,
+                "final_accept_margin": res.final_margin,
+                "total_steps": res.total_steps, "seconds": round(secs, 2), "precision": args.precision,
+                "config": asdict(cfg)}
         save_synthetic(path, res.images, res.probs, res.steps, res.thresholds, meta)
-        status = "complete" if res.complete else f"INCOMPLETE after {res.failed} failed attempts (kept what was accepted)"
+        status = "complete" if res.complete else f"INCOMPLETE: {incomplete}"
         print(f"{ds_name}/{classname}: {len(res.images)}/{cfg.n_generated} images, {status}, "
               f"p min {res.probs.min().item() if len(res.probs) else float('nan'):.3f}, "
               f"steps median {res.steps.float().median().item() if len(res.steps) else 0:.0f}, "
               f"{secs:.1f} s -> {path}")
         summaries.append(meta)
+    return summaries
+
+
+def preset_sets(argv: list[str], args: argparse.Namespace) -> list[dict]:
+    """datagen.py --method improved: the forget sets, then the held-out and retain sets, each a plain
+    datagen run (the user's options win over the preset's, except the folders and sizes of the
+    held-out and retain sets)."""
+    from copy import copy
+    preset = PRESETS[args.method]
+    own = ("--method", "--retain_per_class")  # this function's options, not the plain runs'
+    user = [a for i, a in enumerate(argv) if a not in own and (i == 0 or argv[i - 1] not in own)
+            and not a.startswith(tuple(o + "=" for o in own))]
+    out = Path(args.out_dir or f"generated_{arch_tag(args.backbone_arch)}{preset['generated_suffix']}")
+    checked = copy(args)
+    checked.out_dir = str(out)
+    _, targets = validate(checked)  # report every problem before the first set starts
+    seed = args.seed if args.noise_seed is None else args.noise_seed
+    margin = ["--accept_margin", str(preset["accept_margin"]), "--max_steps", str(preset["max_steps"])]
+    used = ",".join(dict.fromkeys(d for d, _ in targets))
+    summaries = main(margin + user + ["--out_dir", str(out)])
+    summaries += main(margin + user + ["--out_dir", str(out / "heldout"), "--n_generated", str(preset["heldout_n"]),
+                                       "--noise_seed", str(seed + preset["heldout_seed_offset"])])
+    n_retain = preset["retain_per_class"] if args.retain_per_class is None else args.retain_per_class
+    if n_retain > 0:
+        summaries += main(margin + user + ["--out_dir", str(out / "retain"), "--run_ds", used, "--forget_labels",
+                                           "all", "--n_generated", str(n_retain),
+                                           "--noise_seed", str(seed + preset["retain_seed_offset"])])
     return summaries
 
 

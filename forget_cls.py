@@ -16,6 +16,12 @@ FORGET_CLASSES: dict[str, list[str]] = {
     "Shapes": ["red star"],  # its words name other classes too (blue star, red circle)
 }
 
+# The datasets evaluated together after every class (the paper evaluates its four after each one).
+WORLDS: dict[str, list[str]] = {
+    "benchmark": ["StanfordDogs", "StanfordCars", "Caltech101", "OxfordFlowers"],
+    "demo": ["Digits", "Shapes"],
+}
+
 DATAGEN_SETTINGS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
     "RN50": {
         "OxfordFlowers": {"gazania": (0.7, 0.025), "trumpet creeper": (0.7, 0.025), "tree mallow": (0.7, 0.0)},
@@ -37,6 +43,13 @@ DATAGEN_SETTINGS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
 def datagen_setting(arch_tag: str, dataset: str, classname: str) -> tuple[float, float] | None:
     """The paper's (high_prob, sub_prob) for a class, or None to use the command-line values."""
     return DATAGEN_SETTINGS.get(arch_tag, {}).get(dataset, {}).get(classname)
+
+
+def default_eval_ds(run_ds: list[str]) -> list[str]:
+    """--run_ds, then every dataset of each world it touches (case-insensitive)."""
+    asked = {d.lower() for d in run_ds}
+    worlds = [d for w in WORLDS.values() if asked & {x.lower() for x in w} for d in w]
+    return list(dict.fromkeys(run_ds + [d for d in worlds if d.lower() not in asked]))
 
 
 def resolve_targets(datasets: dict, forget_labels: str | None,

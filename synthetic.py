@@ -9,6 +9,7 @@ File: `<out_dir>/<dataset>/<class>.pt` (dict of tensors + `meta`, loadable with
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import open_clip
@@ -22,7 +23,13 @@ FORMAT_VERSION = 1
 
 
 def _col(v, ref: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(v, dtype=ref.dtype, device=ref.device).view(1, 3, 1, 1)
+    return _constant(tuple(v), ref.dtype, ref.device)
+
+
+@lru_cache(maxsize=64)
+def _constant(v: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, 3, 1, 1) per-channel constants, made once per device: on CUDA each new one is a blocking copy."""
+    return torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1)
 
 
 def unnormalise(x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +99,11 @@ def read_synthetic(path: Path) -> dict:
     return data
 
 
+def noise_seed(meta: dict) -> int:
+    """The seed of a synthetic set's starting noise (datagen --noise_seed, else --seed)."""
+    return meta.get("noise_seed", meta.get("seed"))
+
+
 def check_synthetic(data: dict, path: Path, model_key: str, image_size: int | None, class_index: int) -> list[str]:
     """Problems that make a synthetic set unusable for this model and class (empty list if fine;
     image_size None: any size)."""
@@ -110,3 +122,23 @@ def check_synthetic(data: dict, path: Path, model_key: str, image_size: int | No
     if meta.get("class_index") != class_index:
         problems.append(f"{path} was made for class index {meta.get('class_index')}, not {class_index}")
     return problems
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.125, scale: float = 0.2,
+            noise: float = 0.1, blur_p: float = 0.0) -> torch.Tensor:
+    """Random scale (1 +- scale), shift (+- shift of the image size), optional blur, pixel noise, on
+    model-ready images; each image gets its own draw (from `generator`, on its device)."""
+    b = len(x)
+    r = torch.rand(b, 3, generator=generator, device=generator.device).to(x.device)
+    s = 1 + (r[:, 0] - 0.5) * 2 * scale
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = s
+    theta[:, :, 2] = (r[:, 1:] - 0.5) * 4 * shift  # affine_grid units: the image spans [-1, 1]
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    if blur_p > 0:
+        from torchvision.transforms.functional import gaussian_blur
+        pick = (torch.rand(b, generator=generator, device=generator.device) < blur_p).to(x.device)
+        x = torch.where(pick.view(-1, 1, 1, 1), gaussian_blur(x, [3, 3], [0.8, 0.8]), x)
+    eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
+    return x + noise * eps

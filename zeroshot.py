@@ -56,6 +56,13 @@ def loader(items, preprocess, device: str, batch_size: int = 256, workers: int |
                                        num_workers=workers, pin_memory=str(device).startswith("cuda"))
 
 
+def forget_margin(class_logits: torch.Tensor, idx: int) -> torch.Tensor:
+    """Class `idx`'s logit minus the best other class's logit, per image (> 0: `idx` is the top-1)."""
+    others = class_logits.clone()
+    others[:, idx] = float("-inf")
+    return class_logits[:, idx] - others.max(1).values
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, data, weights: torch.Tensor, device: str,
             desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +117,17 @@ def run_model_key(arch: str, pretrained: str | None, seed: int) -> str:
     return model_key(SimpleNamespace(tag=tag, pretrained=pretrained)) or f"{tag}-random-seed{seed}"
 
 
-def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str,
-                      batch_size: int = 256) -> dict[str, dict[str, float]]:
-    """Per class: cls_acc_test, no_cls_acc, acc_train, full_acc — the reference files' format."""
+def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str, batch_size: int = 256,
+                      train: bool = True) -> dict[str, dict[str, float]]:
+    """Per class: cls_acc_test, no_cls_acc, acc_train, full_acc — the reference files' format.
+    train=False skips the train split (acc_train None): ImageNet's has 1.28M images."""
     w = classifier_weights(lm, ds, device)
     k = len(ds.classnames)
     test_p, test_y = predict(lm.model, loader(ds.test, lm.preprocess, device, batch_size), w, device, f"{ds.name} test")
-    train_p, train_y = predict(lm.model, loader(ds.train, lm.preprocess, device, batch_size), w, device,
-                               f"{ds.name} train")
-    train_acc = per_class_accuracy(train_p, train_y, k)
+    train_acc = [None] * k
+    if train and ds.train:
+        train_acc = per_class_accuracy(*predict(lm.model, loader(ds.train, lm.preprocess, device, batch_size), w,
+                                                device, f"{ds.name} train"), k)
     out = {}
     for i, name in enumerate(ds.classnames):
         fig = class_figures(test_p, test_y, i)
@@ -127,20 +136,38 @@ def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str,
     return out
 
 
-def baselines(lm: LoadedModel, ds: DatasetSplits, device: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
-    """compute_baselines, cached as JSON per (model, dataset) under the cache folder."""
+def baselines(lm: LoadedModel, ds: DatasetSplits, device: str, batch_size: int = 256,
+              train: bool = True) -> dict[str, dict[str, float]]:
+    """compute_baselines, cached as JSON per (model, dataset data) under the cache folder; a
+    test-only request is also answered by a cached full one."""
     key = model_key(lm)
-    path = cache_dir() / "zeroshot" / f"{key}" / f"{ds.name}.json"
-    if key and path.is_file():
-        return json.loads(path.read_text())
-    out = compute_baselines(lm, ds, device, batch_size)
+    full, test_only = baseline_path(key, ds), baseline_path(key, ds, test_only=True)
+    for path in [full] + ([] if train else [test_only]):
+        if key and path.is_file():
+            return json.loads(path.read_text())
+    out = compute_baselines(lm, ds, device, batch_size, train)
     if key:
-        atomic_write_json(path, out)
+        atomic_write_json(full if train else test_only, out)
     return out
 
 
-def baseline_path(tag_key: str, ds_name: str) -> Path:
-    return cache_dir() / "zeroshot" / tag_key / f"{ds_name}.json"
+def data_fingerprint(ds: DatasetSplits) -> str:
+    """A short hash of the dataset's class names and test list: cached figures of another copy of a
+    dataset with the same name (another data root, a fake one in a test) are never reused."""
+    h = hashlib.sha1(json.dumps(ds.classnames).encode())
+    for d in ds.test:
+        h.update(f"{Path(d.impath).relative_to(ds.root)}:{d.label};".encode())
+    return h.hexdigest()[:10]
+
+
+def baseline_path(tag_key: str | None, ds: DatasetSplits, test_only: bool = False) -> Path:
+    return cache_dir() / "zeroshot" / str(tag_key) / f"{ds.name}-{data_fingerprint(ds)}{'.test' * test_only}.json"
+
+
+def cached_baselines(tag_key: str, ds_name: str) -> dict | None:
+    """The one cached baseline file of a model and dataset name, if exactly one exists (no data at hand)."""
+    found = sorted((cache_dir() / "zeroshot" / tag_key).glob(f"{ds_name}-*.json"))
+    return json.loads(found[0].read_text()) if len(found) == 1 else None
 
 
 def compare_to_reference(ours: dict, reference: dict, tol: float = 0.01) -> list[str]:

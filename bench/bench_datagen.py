@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import atomic_write_json, default_device, seed_everything  # noqa: E402
-from datagen import DatagenConfig, class_probability, synthesise  # noqa: E402
+from common import PRECISIONS, atomic_write_json, default_data_root, default_device, seed_everything  # noqa: E402
+from datagen import DatagenConfig, synthesise  # noqa: E402
 from datasets import build_dataset  # noqa: E402
 from models import load_model  # noqa: E402
 from synthetic import clip_norm, model_view, pixel_bounds  # noqa: E402
-from zeroshot import classifier_weights  # noqa: E402
+from zeroshot import classifier_weights, logits  # noqa: E402
 
 
 def naive_synthesise(model, weights, target: int, size: int, cfg: DatagenConfig, device: str) -> tuple[int, int]:
@@ -50,7 +50,9 @@ def naive_synthesise(model, weights, target: int, size: int, cfg: DatagenConfig,
                 a = gaussian_filter1d(x.cpu().numpy(), cfg.blur_sigma, axis=2)
                 x = torch.from_numpy(gaussian_filter1d(a, cfg.blur_sigma, axis=3)).to(device)
             steps += 1
-            if class_probability(model, x, weights, target, mean, std).item() > threshold:  # second forward
+            with torch.no_grad():  # a second forward: the paper's acceptance, top-1 and probability
+                z = logits(model, model_view(x, mean, std), weights)
+            if z.argmax().item() == target and z.softmax(-1)[0, target].item() > threshold:
                 accepted += 1
                 break
         else:
@@ -70,11 +72,12 @@ def main() -> None:
     p.add_argument("--max_steps", type=int, default=3000)
     p.add_argument("--high_prob", type=float, default=0.8)
     p.add_argument("--device", default=default_device())
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="the batched path's ascent steps")
     p.add_argument("--out", default="bench/out/datagen.json")
     args = p.parse_args()
     seed_everything(0)
     lm = load_model(args.arch, args.pretrained, args.device)
-    ds = build_dataset(args.dataset, "data" if args.arch != "demo" else __import__("common").default_data_root())
+    ds = build_dataset(args.dataset, default_data_root())  # only its class names matter here
     w = classifier_weights(lm, ds, args.device)
     target = ds.classnames.index(args.classname)
     size = lm.model.visual.image_size
@@ -90,18 +93,19 @@ def main() -> None:
     sync()
     t_naive = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = synthesise(lm.model, w, target, size, cfg, torch.Generator().manual_seed(0), args.device)
+    res = synthesise(lm.model, w, target, size, cfg, torch.Generator().manual_seed(0), args.device,
+                     arithmetic=args.precision)
     sync()
     t_batch = time.perf_counter() - t0
     image_steps = res.image_steps
-    row = {"arch": lm.tag, "device": args.device, "image_size": size, "n": args.n, "batch_size": args.batch_size,
+    row = {"arch": lm.tag, "device": args.device, "precision": args.precision, "image_size": size, "n": args.n, "batch_size": args.batch_size,
            "naive_images": n_naive, "naive_s": round(t_naive, 3), "naive_img_per_s": n_naive / t_naive,
            "naive_image_steps_per_s": steps_naive / t_naive,
            "batched_images": len(res.images), "batched_s": round(t_batch, 3),
            "batched_img_per_s": len(res.images) / t_batch, "batched_image_steps_per_s": image_steps / t_batch}
     row["ratio_img_per_s"] = row["batched_img_per_s"] / row["naive_img_per_s"] if n_naive else float("nan")
     row["ratio_image_steps_per_s"] = row["batched_image_steps_per_s"] / row["naive_image_steps_per_s"]
-    print(f"{lm.tag} on {args.device}, {size}px: naive {n_naive} images in {t_naive:.2f} s "
+    print(f"{lm.tag} on {args.device} ({args.precision}), {size}px: naive {n_naive} images in {t_naive:.2f} s "
           f"({row['naive_img_per_s']:.2f} img/s), batched {len(res.images)} images in {t_batch:.2f} s "
           f"({row['batched_img_per_s']:.2f} img/s): ratio {row['ratio_img_per_s']:.1f}x accepted images/s, "
           f"{row['ratio_image_steps_per_s']:.1f}x image-steps/s")

@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, atomic_write_json, default_device, seed_everything  # noqa: E402
+import methods  # noqa: E402
+from common import PRECISIONS, atomic_write_json, default_device, precision, seed_everything  # noqa: E402
 from models import load_model  # noqa: E402
-from train import Snapshot, UnlearnConfig, freeze, lipschitz_loss, select_top_k  # noqa: E402
+from train import arch_config  # noqa: E402
+from methods.base import Snapshot, freeze  # noqa: E402
+from methods.lipschitz import Config as UnlearnConfig, lipschitz_loss, select_top_k  # noqa: E402
 
 
 def naive_loss(model, x, tokens, std: float, n_samples: int) -> torch.Tensor:
@@ -78,12 +80,13 @@ def main() -> None:
     p.add_argument("--n_samples", type=int, default=25)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default=default_device())
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="both paths run under it (train.py --precision)")
     p.add_argument("--out", default=None, help="default: bench/out/train_<arch>.json")
     args = p.parse_args()
     seed_everything(0)
     lm = load_model(args.arch, args.pretrained, args.device)
-    acfg = yaml.safe_load((REPO / "configs" / "archs" / f"{lm.tag}.yaml").read_text())
-    cfg = UnlearnConfig(n_samples=args.n_samples, k_v=acfg["k_v"], k_t=acfg["k_t"], frozen=acfg["frozen"])
+    # the paper's settings for this backbone, as train.py builds them
+    _, cfg, _ = methods.configure("lipschitz", argparse.Namespace(n_samples=args.n_samples), arch_config(args.arch))
     size = lm.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     x = torch.randn(args.batch, 3, size, size, device=args.device)
@@ -100,14 +103,15 @@ def main() -> None:
         else:
             snap, gen = Snapshot(opt), torch.Generator(device=args.device).manual_seed(0)
             fn = lambda: our_step(model, opt, vis, txt, x, tokens, cfg, snap, gen)  # noqa: E731
-        results[name] = timed(fn, args.steps, sync)
+        with precision(args.precision, args.device):
+            results[name] = timed(fn, args.steps, sync)
         del model, opt
-    row = {"arch": lm.tag, "device": args.device, "image_size": size, "batch": args.batch,
+    row = {"arch": lm.tag, "device": args.device, "precision": args.precision, "image_size": size, "batch": args.batch,
            "n_samples": args.n_samples, "naive_s_per_step": results["naive"], "ours_s_per_step": results["ours"],
            "ratio": results["naive"] / results["ours"]}
-    print(f"{lm.tag} on {args.device}, batch {args.batch} x {args.n_samples} draws: naive "
+    print(f"{lm.tag} on {args.device} ({args.precision}), batch {args.batch} x {args.n_samples} draws: naive "
           f"{results['naive']:.3f} s/step, ours {results['ours']:.3f} s/step: {row['ratio']:.1f}x")
-    atomic_write_json(args.out or f"bench/out/train_{lm.tag}.json", row)
+    atomic_write_json(args.out or f"bench/out/train_{lm.tag}_{args.precision}.json", row)
 
 
 if __name__ == "__main__":

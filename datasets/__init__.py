@@ -18,7 +18,8 @@ def _configs() -> dict[str, DatasetConfig]:
     cfgs = {}
     for f in sorted((REPO / "configs" / "datasets").glob("*.yaml")):
         raw = yaml.safe_load(f.read_text())
-        known = {k: raw.pop(k) for k in ("name", "folder", "image_dir", "split_file", "template", "module")}
+        known = {k: raw.pop(k) for k in ("name", "folder", "image_dir", "split_file", "template")}
+        known["module"] = raw.pop("module", None)  # none: the dataset is read from its split file only
         aliases = raw.pop("aliases", None) or {}
         if "aliases_file" in raw:  # shared by several datasets: {dataset: {classname: [alias, ...]}}
             shared = yaml.safe_load((REPO / "configs" / raw.pop("aliases_file")).read_text()) or {}
@@ -50,7 +51,7 @@ def build_dataset(name: str, data_root: str | Path) -> DatasetSplits:
     (as CoOp does); the demo datasets are generated on first use.
     """
     cfg = dataset_config(name)
-    module = importlib.import_module(f"datasets.{cfg.module}")
+    module = importlib.import_module(f"datasets.{cfg.module}") if cfg.module else None
     data_root = Path(data_root)
     root = data_root / cfg.folder
     if hasattr(module, "materialise"):  # demo datasets: made by the code, deterministically

@@ -1,4 +1,4 @@
-"""The dataset interface shared by the paper's four datasets and the demo world.
+"""The dataset interface shared by every dataset (the paper's, CoOp's, the demo world).
 
 Every dataset lives on disk in the CoOp/Dassl layout: a folder with the images and a split
 JSON holding `train`/`val`/`test` lists of `[relative_path, label, classname]`. The class order
@@ -7,12 +7,14 @@ image directory, split file and prompt template of each dataset.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from PIL import Image
@@ -36,7 +38,7 @@ class DatasetConfig:
     image_dir: str  # below the dataset folder; split paths are relative to it
     split_file: str  # below the dataset folder
     template: str  # zero-shot prompt, e.g. "a photo of a {}."
-    module: str  # the datasets/<module>.py that knows how to build a missing split
+    module: str | None  # the datasets/<module>.py that knows how to build a missing split (None: it cannot be built)
     extra: dict = field(default_factory=dict)  # reader-specific settings
     # every prompt template of the dataset, for the template-ensemble audit: a list of format strings,
     # or "openai_imagenet" for the 80 CLIP ImageNet templates that open_clip ships (default: [template])
@@ -67,10 +69,11 @@ class DatasetSplits:
 
 
 def read_split_file(path: Path) -> dict[str, list]:
-    """Read a CoOp split JSON; a broken file is a user error that names the file."""
+    """Read a CoOp split JSON (gzipped when it ends in .gz); a broken file is a user error that names it."""
     try:
-        split = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        with (gzip.open(path, "rt") if Path(path).suffix == ".gz" else open(path)) as f:
+            split = json.load(f)
+    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read split file {path}: {e}; {DATASETS_DOC}") from None
     missing = [s for s in SPLITS if not isinstance(split, dict) or not isinstance(split.get(s), list)]
     if missing:
@@ -79,46 +82,83 @@ def read_split_file(path: Path) -> dict[str, list]:
 
 
 def write_split_file(path: Path, split: dict[str, list]) -> None:
-    from common import atomic_write_json
-    atomic_write_json(path, {s: split[s] for s in SPLITS})
+    """Write a split file atomically; a .gz name gets compact gzipped JSON (ImageNet's would be ~100 MB)."""
+    from common import _atomic, atomic_write_json  # common has no public atomic bytes writer
+    split = {s: split[s] for s in SPLITS}
+    if Path(path).suffix == ".gz":
+        data = gzip.compress(json.dumps(split, separators=(",", ":")).encode(), compresslevel=6, mtime=0)
+        _atomic(Path(path), lambda p: p.write_bytes(data))
+    else:
+        atomic_write_json(path, split)
+
+
+def missing_files(paths: Iterable[str]) -> list[str]:
+    """The paths that are not files, in order.
+
+    One directory listing per folder instead of one stat per image: ImageNet's 1.3M images are
+    checked at every start, and on network storage a stat each would take minutes.
+    """
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for path in paths:
+        folder, _, name = path.rpartition(os.sep)
+        if folder not in listed:
+            try:
+                with os.scandir(folder or ".") as entries:
+                    listed[folder] = {e.name for e in entries if e.is_file()}
+            except OSError:  # no such folder (or unreadable): its images are missing
+                listed[folder] = set()
+        if name not in listed[folder] and not os.path.isfile(path):  # isfile: case-insensitive file systems
+            missing.append(path)
+    return missing
+
+
+def label_names(pairs: Iterable[tuple[int, str]], cfg: DatasetConfig, source: Path | str) -> list[str]:
+    """Class names in label order from (label, classname) pairs: one name per label, labels 0..K-1."""
+    names: dict[int, str] = {}
+    for label, classname in pairs:
+        if names.setdefault(label, classname) != classname:
+            raise UserError(f"{cfg.name}: label {label} is both '{names[label]}' and '{classname}' "
+                            f"in {source}; {DATASETS_DOC}")
+    if sorted(names) != list(range(len(names))):
+        raise UserError(f"{cfg.name}: labels in {source} are not 0..K-1; {DATASETS_DOC}")
+    return [names[i] for i in range(len(names))]
 
 
 def splits_from_file(cfg: DatasetConfig, root: Path, split: dict[str, list]) -> DatasetSplits:
     """Turn split lists into a DatasetSplits, checking labels, class order and image files."""
-    image_root = root / cfg.image_dir
-    names: dict[int, str] = {}
+    image_root = str(root / cfg.image_dir)  # joined as strings: pathlib costs seconds on ImageNet
+    source = root / cfg.split_file
     items: dict[str, list[Datum]] = {}
-    missing: list[str] = []
     for s in SPLITS:
-        items[s] = []
-        for entry in split[s]:
-            try:
-                relpath, label, classname = str(entry[0]), int(entry[1]), str(entry[2])
-            except (IndexError, KeyError, TypeError, ValueError):
-                raise UserError(f"{cfg.name}: entry {entry!r:.80} in {root / cfg.split_file} is not "
-                                f"[relative_path, label, classname]; {DATASETS_DOC}") from None
-            if names.setdefault(label, classname) != classname:
-                raise UserError(f"{cfg.name}: label {label} is both '{names[label]}' and '{classname}' "
-                                f"in {root / cfg.split_file}; {DATASETS_DOC}")
-            path = image_root / relpath
-            if not path.is_file():
-                missing.append(str(path))
-            items[s].append(Datum(str(path), label, classname))
+        try:
+            items[s] = [Datum(os.path.join(image_root, str(e[0])), int(e[1]), str(e[2])) for e in split[s]]
+        except (IndexError, KeyError, TypeError, ValueError):
+            bad = next(e for e in split[s] if not _is_entry(e))
+            raise UserError(f"{cfg.name}: entry {bad!r:.80} in {source} is not "
+                            f"[relative_path, label, classname]; {DATASETS_DOC}") from None
+    every = [d for s in SPLITS for d in items[s]]
+    classnames = label_names(((d.label, d.classname) for d in every), cfg, source)
+    missing = missing_files(d.impath for d in every)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"{cfg.name}: image listed in {root / cfg.split_file} is missing: "
-                        f"{missing[0]}{more}; {DATASETS_DOC}")
-    if sorted(names) != list(range(len(names))):
-        raise UserError(f"{cfg.name}: labels in {root / cfg.split_file} are not 0..K-1; {DATASETS_DOC}")
-    classnames = [names[i] for i in range(len(names))]
+        raise UserError(f"{cfg.name}: image listed in {source} is missing: {missing[0]}{more}; {DATASETS_DOC}")
     tested = {d.label for d in items["test"]}
     empty = [c for i, c in enumerate(classnames) if i not in tested]
     if empty:
-        raise UserError(f"{cfg.name}: class '{empty[0]}' has no test image in {root / cfg.split_file}"
+        raise UserError(f"{cfg.name}: class '{empty[0]}' has no test image in {source}"
                         f" ({len(empty)} such classes); {DATASETS_DOC}")
     return DatasetSplits(cfg.name, classnames, cfg.template, items["train"], items["val"],
                          items["test"], root, ensemble_templates(cfg),
                          {c: list(a) for c, a in cfg.aliases.items() if c in classnames})
+
+
+def _is_entry(e) -> bool:
+    try:
+        str(e[0]), int(e[1]), str(e[2])
+        return True
+    except (IndexError, KeyError, TypeError, ValueError):
+        return False
 
 
 def ensemble_templates(cfg: DatasetConfig) -> list:

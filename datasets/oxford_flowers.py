@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import DATASETS_DOC, UserError
 from datasets.base import DatasetConfig
-from datasets.splitting import load_mat, mat_field, need, save_built_split, split_three_ways
+from datasets.splitting import load_mat, mat_field, need, require_every_class, save_built_split, split_three_ways
 
 
 def _class_names(path: Path, n_classes: int) -> list[str]:
@@ -32,8 +32,5 @@ def build_split(root: Path, cfg: DatasetConfig) -> dict:
         raise UserError(f"{labels_path}: 'labels' must be 1-based class numbers; {DATASETS_DOC}")
     names = _class_names(names_path, max(labels))
     entries = [[f"image_{i:05d}.jpg", lab - 1, names[lab - 1]] for i, lab in enumerate(labels, start=1)]
-    missing = sorted(set(range(1, max(labels) + 1)) - set(labels))
-    if missing:
-        raise UserError(f"{cfg.name}: class '{names[missing[0] - 1]}' has no image in {labels_path}; "
-                        f"{DATASETS_DOC}")
+    require_every_class(names, entries, cfg, labels_path)
     return save_built_split(root, cfg, split_three_ways(entries, cfg, labels_path), str(labels_path))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from common import DATASETS_DOC, UserError
 from datasets.base import DatasetConfig
-from datasets.splitting import Entry, first_existing, load_mat, mat_field, need, save_built_split, split_off_val
+from datasets.splitting import (Entry, first_existing, load_mat, mat_field, need, require_every_class, save_built_split,
+                                split_off_val)
 
 
 def year_first(name: str) -> str:
@@ -41,8 +42,6 @@ def build_split(root: Path, cfg: DatasetConfig) -> dict:
     classnames = [year_first(str(n)) for n in mat_field(load_mat(meta), "class_names", meta)]
     trainval = _entries(train_annos, "cars_train", classnames)
     test = _entries(test_annos, "cars_test", classnames)
-    empty = sorted(set(range(len(classnames))) - {e[1] for e in test})
-    if empty:
-        raise UserError(f"{cfg.name}: class '{classnames[empty[0]]}' has no image in {test_annos}; {DATASETS_DOC}")
+    require_every_class(classnames, test, cfg, test_annos)
     source = f"{meta.parent}/cars_*annos*.mat"
     return save_built_split(root, cfg, split_off_val(trainval, test, cfg, train_annos), source)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from common import DATASETS_DOC, UserError
 from datasets.base import DatasetConfig
-from datasets.splitting import Entry, first_existing, load_mat, mat_field, save_built_split, split_off_val
+from datasets.splitting import (Entry, first_existing, load_mat, mat_field, require_every_class, save_built_split,
+                                split_off_val)
 
 
 def breed_name(folder: str) -> str:
@@ -41,8 +42,6 @@ def build_split(root: Path, cfg: DatasetConfig) -> dict:
         return [[f, label[f.split("/")[0]], breed_name(f.split("/")[0])] for f in files]
 
     test_entries = entries(test)
-    empty = sorted(set(folders) - {f.split("/")[0] for f in test})
-    if empty:
-        raise UserError(f"{cfg.name}: class '{breed_name(empty[0])}' has no image in {test_list}; {DATASETS_DOC}")
+    require_every_class([breed_name(f) for f in folders], test_entries, cfg, test_list)
     return save_built_split(root, cfg, split_off_val(entries(train), test_entries, cfg, train_list),
                             f"{train_list.parent}/{{train,test}}_list.mat")

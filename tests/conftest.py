@@ -53,9 +53,10 @@ def generated(tmp_path_factory, demo, data_root):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, generated, data_root):
-    """train.py run once on the demo forget classes: (results folder, logs)."""
+    """train.py run once on the demo forget classes, saving each class's changed tensors (models/, for
+    audit.py): (results folder, logs)."""
     import train
     out = tmp_path_factory.mktemp("results") / "seed_0"
     logs = train.main(["--output_dir", str(out), "--generated_dir", str(generated[0]), "--n_samples", "5",
-                       "--data_root", data_root, "--device", "cpu"])
+                       "--save_best_model", "1", "--data_root", data_root, "--device", "cpu"])
     return out, logs

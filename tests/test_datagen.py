@@ -1,16 +1,18 @@
 """datagen: acceptance rule, threshold decay, batch = one-at-a-time, file round-trip, errors."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from PIL import Image
 
 import datagen
 from common import UserError
-from datagen import DatagenConfig, ascent_step, class_probability, synthesise
-from synthetic import clip_norm, read_synthetic, synthetic_path
+from datagen import DatagenConfig, ascent_step, class_probability, synthesise, threshold_walk
+from synthetic import clip_norm, model_view, noise_seed, read_synthetic, synthetic_path
 from train import forget_images
-from zeroshot import classifier_weights
+from zeroshot import classifier_weights, forget_margin, logits
 
 from conftest import N_GENERATED as N
 
@@ -27,8 +29,8 @@ def test_saved_images_pass_the_acceptance_rule_as_the_trainer_loads_them(generat
         with torch.no_grad():
             p = (100 * torch.nn.functional.normalize(demo.model.encode_image(x), dim=-1) @ w).softmax(-1)
         idx = dset.classnames.index(cls)
-        assert len(x) == N and data["meta"]["complete"]
-        assert (p[:, idx] > data["thresholds"]).all()
+        assert len(x) == N and data["meta"]["complete"] and "incomplete" not in data["meta"]
+        assert (p.argmax(1) == idx).all() and (p[:, idx] > data["thresholds"]).all()
         assert torch.allclose(p[:, idx], data["probs"], atol=1e-4)
 
 
@@ -60,6 +62,137 @@ def test_threshold_decays_after_failed_attempts_and_stops_at_the_floor(demo, dig
     assert not res.complete and res.failed == 8 and len(res.images) == 0
 
 
+# ------------------------------------------------------------ batched = the paper's one-at-a-time loop
+K = 3  # classes of the scripted model; the target is class 0
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in CLIP whose zero-shot output follows a script: at its t-th acceptance check,
+    attempt k (numbered by first appearance, i.e. in start order) has class-0 probability p and is
+    or is not the top-1, where (p, top1) = script(k)[t]. It gives the image no gradient (with
+    l2_reg 0 the ascent step is zero, and blur runs only at step 1), so an attempt's image stays
+    put and identifies it. Use with weights = identity."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.visual = torch.nn.Module()
+        self.visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+        self.logit_scale = torch.nn.Parameter(torch.tensor(0.0))
+        self.script, self.seen, self.checks = script, [], []
+
+    def attempt(self, view: torch.Tensor) -> int:
+        k = next((k for k, v in enumerate(self.seen) if torch.allclose(v, view, rtol=0, atol=1e-4)), None)
+        if k is None:
+            self.seen.append(view.clone())
+            self.checks.append(0)
+            k = len(self.seen) - 1
+        return k
+
+    def encode_image(self, views: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # the ascent step: a constant objective
+            return torch.ones(len(views), K)
+        rows = []
+        for view in views:
+            k = self.attempt(view)
+            p, top1 = self.script(k)[self.checks[k]]
+            self.checks[k] += 1
+            probs = torch.tensor([p, (1 - p) / 2, (1 - p) / 2] if top1 else [p, 1 - p - 0.01, 0.01], dtype=torch.float64)
+            z = probs.log() - probs.log().mean()  # unit features u with 100 u = z + c: softmax(100 u) = probs
+            rows.append((z + ((1e4 - (z ** 2).sum()) / K).sqrt()) / 100)
+        return torch.stack(rows).float()
+
+
+def paper_loop(script, cfg: DatagenConfig) -> tuple[list[tuple[int, int, float]], int, int]:
+    """The control flow of the paper's generate_images on scripted attempts, one after another:
+    attempt k is accepted at its first step t + 1 where script(k)[t] is top-1 with p above the
+    threshold; the threshold drops before an attempt that follows one which reached its last step
+    (accepted there or not). Returns [(attempt, step, threshold)] of the kept images, the failed
+    attempts and the drops (counting the one the next attempt would make). The max_failed stop is
+    ours: the paper's loop would go on."""
+    threshold, kept, failed, drops, lower, k = cfg.high_prob, [], 0, 0, False, 0
+    while len(kept) < cfg.n_generated and failed < cfg.max_failed:
+        if lower:
+            threshold, drops = max(threshold - cfg.sub_prob, cfg.min_prob), drops + 1
+        step = next((t + 1 for t, (p, top1) in enumerate(script(k)[:cfg.max_steps])
+                     if top1 and torch.tensor(p, dtype=torch.float32) > threshold), None)
+        if step is None:
+            failed += 1
+        else:
+            kept.append((k, step, threshold))
+        lower = step is None or step == cfg.max_steps
+        k += 1
+    return kept, failed, drops + lower
+
+
+def run_scripted(script, cfg: DatagenConfig):
+    model = ScriptedModel(script)
+    res = synthesise(model, torch.eye(K), 0, 8, cfg, torch.Generator().manual_seed(0), "cpu")
+    mean, std = clip_norm(model)
+    ids = [model.attempt(v) for v in model_view(res.images, mean, std)]
+    return res, list(zip(ids, res.steps.tolist(), res.thresholds.tolist()))
+
+
+def scripted_cfg(**kw) -> DatagenConfig:  # no gradient, one blur (step 1): the images stay put
+    return DatagenConfig(**{"l2_reg": 0.0, "blur_every": 10 ** 6, "max_failed": 1000, **kw})
+
+
+def assert_same(ours, paper):
+    assert [(k, s) for k, s, _ in ours] == [(k, s) for k, s, _ in paper]
+    assert all(abs(a[2] - b[2]) < 1e-6 for a, b in zip(ours, paper))  # float32 copies of the paper's floats
+
+
+def test_a_round_where_every_slot_misses_the_start_threshold_walks_it_as_the_paper_does():
+    # every image is top-1 with p 0.6125 from its first step: the paper fails its attempts at
+    # 0.8, 0.775, ..., 0.625 (8 drops), then accepts every image at 0.6 at step 1. All 16 slots of
+    # the first batch run at once; none passes 0.8, but they are judged at the paper's thresholds
+    cfg = scripted_cfg(n_generated=16, batch_size=16, max_steps=3)
+    script = lambda k: [(0.6125, True)] * cfg.max_steps  # noqa: E731
+    paper, failed, drops = paper_loop(script, cfg)
+    res, ours = run_scripted(script, cfg)
+    assert failed == drops == 8 and {round(t, 6) for _, _, t in paper} == {0.6}
+    assert_same(ours, paper)
+    assert res.failed == failed and res.threshold_drops == drops and res.complete
+    assert res.final_threshold == threshold_walk(cfg)[drops][0]
+    assert (res.steps == 1).all()  # kept from the step the paper would have accepted it at
+    assert torch.allclose(res.probs, torch.full((16,), 0.6125), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 12])
+def test_batched_attempts_are_decided_as_the_paper_loop_decides_them(batch_size):
+    # random probability paths (not monotone; some steps with another class on top), on thresholds
+    # 0.6, 0.55, 0.5, 0.45 and 5 steps per attempt; probabilities are odd multiples of 0.0125,
+    # never on a threshold
+    def script(k: int) -> list[tuple[float, bool]]:
+        rng = random.Random(k)
+        base = rng.uniform(0.3, 0.65)
+        path = []
+        for _ in range(5):
+            p = 0.0125 * (2 * round((min(max(base + rng.gauss(0, 0.1), 0.34), 0.98) / 0.0125 - 1) / 2) + 1)
+            path.append((p, p > 0.5 or rng.random() < 0.6))
+        return path
+
+    cfg = scripted_cfg(n_generated=12, batch_size=batch_size, max_steps=5, high_prob=0.6, sub_prob=0.05)
+    paper, failed, drops = paper_loop(script, cfg)
+    res, ours = run_scripted(script, cfg)
+    assert failed >= 2 and len({round(t, 6) for _, _, t in paper}) >= 3  # the walk moved ...
+    assert drops > failed  # ... also after an image accepted at the last step
+    assert_same(ours, paper)
+    assert res.failed == failed and res.threshold_drops == drops
+    assert torch.allclose(res.probs, torch.tensor([script(k)[s - 1][0] for k, s, _ in paper]), atol=1e-5)
+
+
+def test_an_image_whose_top1_is_another_class_is_never_accepted():
+    # p 0.4875 passes the floor 0.45, but another class has 0.5025: never accepted, so the class
+    # stops at max_failed with nothing; the same p as the top-1 is accepted once the threshold drops
+    cfg = scripted_cfg(n_generated=4, batch_size=4, max_steps=2, high_prob=0.5, max_failed=6)
+    res, ours = run_scripted(lambda k: [(0.4875, False)] * 2, cfg)
+    assert not res.complete and res.failed == 6 and len(res.images) == 0 and res.final_threshold == 0.45
+    script = lambda k: [(0.4875, True)] * 2  # noqa: E731
+    res, ours = run_scripted(script, cfg)
+    assert res.complete and res.failed == 1 and abs(res.thresholds - 0.475).max() < 1e-6
+    assert_same(ours, paper_loop(script, cfg)[0])
+
+
 def test_batch_step_equals_one_image_at_a_time(demo, digits):
     w = classifier_weights(demo, digits, "cpu")
     mean, std = clip_norm(demo.model)
@@ -73,6 +206,16 @@ def test_batch_step_equals_one_image_at_a_time(demo, digits):
     ps = torch.cat([class_probability(demo.model, batch[i:i + 1], w, 3, mean, std) for i in range(3)])
     assert torch.allclose(pb, ps, atol=1e-5)
     assert not torch.equal(batch, x)  # the step did something
+
+
+def test_a_class_stopped_by_max_failed_says_so_in_its_file(data_root, tmp_path, capsys):
+    datagen.main(["--out_dir", str(tmp_path), "--data_root", data_root, "--device", "cpu", "--forget_labels", "three",
+                  "--n_generated", "2", "--high_prob", "0.9999999", "--sub_prob", "0", "--max_steps", "1",
+                  "--max_failed", "3"])
+    assert "INCOMPLETE: stopped by --max_failed after 3 failed attempts with 0 of 2 images" in capsys.readouterr().out
+    meta = read_synthetic(synthetic_path(tmp_path, "Digits", "three"))["meta"]
+    assert not meta["complete"] and meta["n_images"] == 0 and meta["failed_attempts"] == 3
+    assert meta["incomplete"].startswith("stopped by --max_failed after 3 failed attempts with 0 of 2 images")
 
 
 def test_skip_existing_and_refuse_a_file_of_another_model(generated, data_root, capsys):
@@ -95,8 +238,127 @@ def test_skip_existing_and_refuse_a_file_of_another_model(generated, data_root, 
     (["--forget_labels", "thre"], "unknown class 'thre'.*did you mean: three"),
     (["--run_ds", "Digitz"], "unknown dataset 'Digitz'.*did you mean: Digits"),
     (["--high_prob", "1.2"], r"--high_prob must be in \(0, 1\)"),
+    (["--high_prob", "0.3"], r"--high_prob \(0.3\) must be at least --min_prob \(0.45\)"),
 ])
 def test_bad_input_is_reported_before_any_work(argv, message, data_root, tmp_path):
     with pytest.raises(UserError, match=message):
         datagen.main(["--out_dir", str(tmp_path), "--data_root", data_root, *argv])
     assert not any(tmp_path.iterdir())
+
+
+# ============================================================================= beyond the paper (off by default)
+# ----------------------------------------------------------------------------- small fakes
+class PatternModel(torch.nn.Module):
+    """Class 0 scores by the correlation of the image with a fixed high-frequency pattern (adversarial-like,
+    destroyed by any shift); class 1 by a constant. Embeddings are 2-d, classifier weights the identity."""
+
+    def __init__(self, size: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.pattern = torch.randint(0, 2, (3, size, size), generator=g).float() * 2 - 1
+
+    def encode_image(self, x):
+        corr = (x * self.pattern).flatten(1).sum(1) / self.pattern.numel()
+        return torch.stack([corr, torch.full_like(corr, 0.3)], dim=1)
+
+
+class MeanModel(torch.nn.Module):
+    """Class 0 scores by the mean brightness: robust to shifts, small scalings and pixel noise."""
+
+    def encode_image(self, x):
+        m = x.flatten(1).mean(1)
+        return torch.stack([m, torch.full_like(m, 0.3)], dim=1)
+
+
+W2 = torch.eye(2)
+
+
+def test_augmented_acceptance_rejects_an_image_that_only_holds_unaugmented():
+    from datagen import holds_under_augment
+    model = PatternModel()
+    fragile = model.pattern.unsqueeze(0).clone()  # class 0 by a wide margin, but only pixel-aligned
+    gen = torch.Generator().manual_seed(1)
+    assert forget_margin(logits(model, fragile, W2), 0).item() > 20
+    assert not holds_under_augment(model, fragile, W2, 0, 16, gen).item()
+    robust = torch.full((1, 3, 16, 16), 2.0)
+    assert holds_under_augment(MeanModel(), robust, W2, 0, 16, gen).item()
+
+
+def test_accept_margin_decays_after_failed_attempts_so_a_hard_class_finishes(demo, digits):
+    from datagen import DatagenConfig, synthesise
+    from zeroshot import classifier_weights, forget_margin, logits
+    w = classifier_weights(demo, digits, "cpu")
+    # a margin no image reaches (1000 logits): every attempt fails until it has dropped to 0 ...
+    cfg = DatagenConfig(n_generated=4, high_prob=0.5, max_steps=20, batch_size=4, max_failed=400,
+                        accept_margin=1000.0, sub_margin=250.0)
+    res = synthesise(demo.model, w, 3, 32, cfg, torch.Generator().manual_seed(0), "cpu")
+    assert res.complete and res.failed >= 4 and (res.margins == 0).all()
+    # ... without the decay it never finishes and keeps nothing
+    cfg.sub_margin, cfg.max_failed = 0.0, 8
+    res = synthesise(demo.model, w, 3, 32, cfg, torch.Generator().manual_seed(0), "cpu")
+    assert not res.complete and len(res.images) == 0
+
+
+# ----------------------------------------------------------------------------- through the scripts
+def _datagen(tmp_path, data_root, out, *extra):
+    import datagen
+    return datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "star",
+                         "--n_generated", "6", "--out_dir", str(out), "--data_root", data_root,
+                         "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def star_sets(tmp_path_factory, data_root, shapes):
+    """A training set and a held-out set (another noise seed) of the demo model for star, generated
+    once, and a retain set for the other Shapes classes (random images in the file format: the
+    plumbing is tested here, not the quality of the images)."""
+    from synthetic import read_synthetic, save_synthetic, synthetic_path
+    root = tmp_path_factory.mktemp("beyond_gen")
+    _datagen(root, data_root, root / "gen")
+    _datagen(root, data_root, root / "gen" / "heldout", "--noise_seed", "1000")
+    meta = read_synthetic(root / "gen" / "Shapes" / "star.pt")["meta"]
+    g = torch.Generator().manual_seed(0)
+    for i, c in enumerate(shapes.classnames):
+        save_synthetic(synthetic_path(root / "gen" / "retain", "Shapes", c), torch.randn(2, 3, 32, 32, generator=g),
+                       torch.ones(2), torch.ones(2, dtype=torch.long), torch.ones(2),
+                       {**meta, "classname": c, "class_index": i})
+    return root / "gen"
+
+
+def test_datagen_improved_makes_forget_and_heldout_sets_and_retain_on_request(tmp_path, data_root, shapes):
+    from synthetic import read_synthetic
+    fast = ["--accept_margin", "2", "--max_steps", "30", "--n_generated", "3", "--high_prob", "0.5", "--max_failed", "2"]
+    _datagen(tmp_path, data_root, tmp_path / "a", "--method", "improved", *fast)
+    forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "star.pt"), \
+        read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "star.pt")
+    assert forget["meta"]["config"]["accept_margin"] == 2.0  # the user's option wins over the preset's 30
+    import datagen
+    assert len(forget["images"]) == 3 and len(held["images"]) == datagen.PRESETS["improved"]["heldout_n"]
+    assert noise_seed(held["meta"]) != noise_seed(forget["meta"])
+    assert not (tmp_path / "a" / "retain").exists()
+    _datagen(tmp_path, data_root, tmp_path / "b", "--method", "improved", "--retain_per_class", "2", *fast)
+    retain = sorted(p.stem for p in (tmp_path / "b" / "retain" / "Shapes").glob("*.pt"))
+    assert retain == sorted(shapes.classnames)
+    from common import UserError
+    with pytest.raises(UserError, match="--retain_per_class needs --method improved"):
+        _datagen(tmp_path, data_root, tmp_path / "c", "--retain_per_class", "2")
+
+
+def test_datagen_options_are_documented(capsys):
+    import datagen
+    with pytest.raises(SystemExit):
+        datagen.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for opt in ("--accept_margin", "--augment_accept", "--noise_seed", "--method"):
+        assert opt in text
+
+
+def test_datagen_all_classes_and_default_meta(tmp_path, data_root, shapes, star_sets):
+    import datagen
+    args = datagen.parse_args(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "all",
+                               "--out_dir", str(tmp_path / "g"), "--data_root", data_root, "--device", "cpu"])
+    _, targets = datagen.validate(args)
+    assert targets == [("Shapes", c) for c in shapes.classnames]
+    from synthetic import read_synthetic
+    meta = read_synthetic(star_sets / "Shapes" / "star.pt")["meta"]  # made without the new options
+    assert "noise_seed" not in meta and meta["config"]["accept_margin"] == 0 and meta["config"]["augment_accept"] == 0

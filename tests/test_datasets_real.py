@@ -5,7 +5,6 @@ file in the real (CoOp) format or the raw annotation files a missing split is bu
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -13,66 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy.io import savemat
 
 from common import REPO, UserError
+from dataset_fakes import CALTECH_RENAMED, SPLITS, jpeg, put_image, user_error, write_split_dataset
 from datasets import ImageDataset, build_dataset, dataset_config
 from datasets.base import load_rgb
 from forget_cls import FORGET_CLASSES
 
 REFERENCE = json.loads((REPO / "reference" / "zeroshot_openai_RN50.json").read_text())
 REAL = ["StanfordDogs", "StanfordCars", "Caltech101", "OxfordFlowers"]
-SPLITS = ("train", "val", "test")
-CALTECH_RENAMED = {"airplane": "airplanes", "face": "Faces", "leopard": "Leopards", "motorbike": "Motorbikes"}
 TEMPLATES = {"StanfordDogs": "a photo of a {}.", "StanfordCars": "a photo of a {}.",
              "Caltech101": "a photo of a {}.", "OxfordFlowers": "a photo of a {}, a type of flower."}
-
-
-def _jpeg(colour: tuple[int, int, int] = (200, 30, 60)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-JPEG = _jpeg()
-
-
-def put_image(path: Path, data: bytes = JPEG) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def user_error(match: str):
-    """pytest.raises for a UserError whose one-line message matches and points to DATASETS.md."""
-    return pytest.raises(UserError, match=rf"(?s)^(?!.*\n).*(?:{match}).*see DATASETS\.md")
-
-
-def image_path(name: str, label: int, classname: str, split: str, i: int) -> str:
-    """A path below the image folder, shaped like the real dataset's."""
-    if name == "StanfordDogs":
-        folder = f"n{label:08d}-{classname.replace(' ', '_')}"
-        return f"{folder}/n{label:08d}_{split}{i}.jpg"
-    if name == "StanfordCars":
-        return f"cars_{'test' if split == 'test' else 'train'}/{label:03d}{SPLITS.index(split)}{i:02d}.jpg"
-    if name == "Caltech101":
-        return f"{CALTECH_RENAMED.get(classname, classname)}/image_{SPLITS.index(split)}{i:03d}.jpg"
-    return f"image_{label:03d}{SPLITS.index(split)}{i:02d}.jpg"  # OxfordFlowers: image_NNNNN.jpg
-
-
-def write_split_dataset(data_root: Path, name: str, classnames: list[str], per_class: int = 1) -> Path:
-    """The dataset's tree with `per_class` images per class and split, and its split file."""
-    cfg = dataset_config(name)
-    root = data_root / cfg.folder
-    split = {s: [] for s in SPLITS}
-    for label, cname in enumerate(classnames):
-        for s in SPLITS:
-            for i in range(per_class):
-                rel = image_path(name, label, cname, s, i)
-                put_image(root / cfg.image_dir / rel)
-                split[s].append([rel, label, cname])
-    (root / cfg.split_file).write_text(json.dumps(split))
-    return root
 
 
 # ---------------------------------------------------------------- split files in the real format
@@ -369,7 +320,7 @@ def test_compute_baselines_on_real_layout(tmp_path):
     names = list(REFERENCE["OxfordFlowers"])[:2]
     root = write_split_dataset(tmp_path, "OxfordFlowers", names, per_class=2)
     for i, p in enumerate(sorted((root / "jpg").iterdir())):  # images that differ
-        put_image(p, _jpeg((40 * i % 256, 255 - 30 * i % 256, 90)))
+        put_image(p, jpeg((40 * i % 256, 255 - 30 * i % 256, 90)))
     ds = build_dataset("OxfordFlowers", tmp_path)
     lm = load_model("RN50", pretrained="none")
     out = compute_baselines(lm, ds, "cpu")

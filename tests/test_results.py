@@ -128,7 +128,7 @@ def test_rn_chooses_the_reference_only_when_args_name_no_backbone(paper_run):
 
 def test_cached_baselines_come_before_the_reference(paper_run, tmp_path):
     cached = {"Pekinese": {"cls_acc_test": 0.7, "no_cls_acc": 0.5, "acc_train": 0.6, "full_acc": 0.51}}
-    path = tmp_path / "cache" / "zeroshot" / "RN50-openai" / "StanfordDogs.json"
+    path = tmp_path / "cache" / "zeroshot" / "RN50-openai" / "StanfordDogs-0123456789.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(cached))
     df, _ = create_results(paper_run, all_res=True)
@@ -136,7 +136,7 @@ def test_cached_baselines_come_before_the_reference(paper_run, tmp_path):
     assert math.isnan(df.loc[1, "cls_Noforget"])  # toy poodle is not in this (partial) cache file
     assert df.loc[2, "full_StanfordDogs"] == 0.51
     assert df.loc[2, "cls_Noforget"] == reference()["StanfordCars"]["2009 Spyker C8 Coupe"]["cls_acc_test"]
-    recorded = tmp_path / "cache" / "zeroshot" / "RN50-run-key" / "StanfordDogs.json"
+    recorded = tmp_path / "cache" / "zeroshot" / "RN50-run-key" / "StanfordDogs-0123456789.json"
     recorded.parent.mkdir(parents=True)
     recorded.write_text(json.dumps({"Pekinese": {**cached["Pekinese"], "cls_acc_test": 0.66}}))
     (paper_run / "args.txt").write_text(json.dumps({"backbone_arch": "RN50", "model_key": "RN50-run-key"}))
@@ -387,3 +387,114 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("three" in o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+# ------------------------------------------------------------------ the audit's columns and the methods comparison
+
+def audit_figures(name: float, probe: float, steps: int | None, blast: float) -> dict:
+    return {"name": name, "ensemble": name, "alias": None, "probe": probe, "relearn_steps": steps,
+            "relearn_acc": 1.0, "relearn_curve": [name, 1.0], "relearn_k": 8, "blast_mean": blast,
+            "blast_count": int(blast > 0.05), "blast_top": [["a photo of a x.", blast]] if blast else []}
+
+
+def write_audit(folder: Path, unlearned: dict[tuple[str, str], dict]) -> Path:
+    """An audit.json as audit.py writes it: per class the original's and the unlearned model's figures."""
+    audit: dict = {"settings": {"relearn_back": 0.5, "seed": 0}}
+    for (ds, cls), figures in unlearned.items():
+        original = audit_figures(BEFORE[ds][cls]["cls_acc_test"], 0.9, 0, 0.0)
+        audit.setdefault(ds, {})[cls] = {"changed_towers": ["text"], "blast_prompts": 998, "original": original,
+                                         "unlearned": figures}
+    (folder / "audit.json").write_text(json.dumps(audit))
+    return folder
+
+
+def test_create_results_adds_audit_columns_after_the_papers(tmp_path):
+    folder = our_run(tmp_path / "seed_0")
+    paper, _ = create_results(folder, all_res=True)
+    write_audit(folder, {("Digits", "three"): audit_figures(0.0, 0.8, None, 0.01)})  # star not audited
+    df, _ = create_results(folder, all_res=True)
+    assert df[paper.columns].equals(paper)
+    assert list(df.columns[:len(paper.columns)]) == list(paper.columns)
+    audit_cols = list(df.columns[len(paper.columns):])
+    assert audit_cols[:2] == ["audit_name", "audit_ensemble"] and "audit_probe_original" in audit_cols
+    three, star = df.iloc[0], df.iloc[1]
+    assert (three["audit_probe"], three["audit_probe_original"], three["audit_blast_mean"]) == (0.8, 0.9, 0.01)
+    assert math.isnan(three["audit_alias"]) and math.isnan(three["audit_relearn_steps"])  # None: not within budget
+    assert three["audit_name_original"] == BEFORE["Digits"]["three"]["cls_acc_test"]
+    assert star[audit_cols].isna().all()
+    assert df.attrs["seconds"] == {("Digits", "three"): 4.0, ("Shapes", "star"): 1.0}
+
+
+def test_report_writes_the_audit_table_below_the_papers(tmp_path):
+    folder = write_audit(our_run(tmp_path / "seed_0"), {("Digits", "three"): audit_figures(0.0, 0.8, 3, 0.01)})
+    main([str(folder), "--all_res", "1"])
+    md = (folder / "results.md").read_text()
+    paper_table, audit_part = md.split("## Audit")
+    assert not [c for c in markdown_rows(paper_table)[0] if c.startswith("audit_")]  # the paper's table as it was
+    header, *rows = markdown_rows(audit_part)
+    row = dict(zip(header, rows[0]))
+    assert (row["name"], row["name probe"], row["linear probe"]) == ("three", "0.750 → 0.000", "0.900 → 0.800")
+    assert (row["relearn steps"], row["blast moved"]) == ("3", "0/998")
+
+
+def two_methods(tmp_path: Path) -> tuple[Path, Path]:
+    """results1 (faithful) and results1_improved, two seeds each, audited."""
+    dirs = []
+    for method, figs in (("faithful", [((0.5, 0.8, 0.6), (0.4, 0.6, 0.8)), ((0.7, 0.8, 0.6), (0.4, 0.6, 0.7))]),
+                         ("improved", [((0.0, 0.84, 0.64), (0.0, 0.6, 0.82)), ((0.1, 0.84, 0.64), (0.0, 0.5, 0.82))])):
+        root = tmp_path / ("results1" if method == "faithful" else "results1_improved")
+        for seed, (three, star) in enumerate(figs):
+            folder = our_run(root / f"seed_{seed}", three=three, star=star)
+            args = json.loads((folder / "args.txt").read_text())
+            (folder / "args.txt").write_text(json.dumps({**args, "method": method, "seed": seed}))
+            write_audit(folder, {("Digits", "three"): audit_figures(three[0], 0.9 - 0.1 * seed, 2 + seed, 0.01),
+                                 ("Shapes", "star"): audit_figures(star[0], 0.5, None, 0.0)})
+        dirs.append(root)
+    return dirs[0], dirs[1]
+
+
+def test_compare_methods_over_seeds(tmp_path):
+    from clip_forget_utils import compare_methods, method_runs
+    faithful, improved = two_methods(tmp_path)
+    agg = compare_methods([faithful, improved], all_res=True)
+    assert agg[["method", "name"]].values.tolist() == [
+        ["original", "three"], ["faithful", "three"], ["improved", "three"],
+        ["original", "star"], ["faithful", "star"], ["improved", "star"]]
+    rows = {(r["method"], r["name"]): r for _, r in agg.iterrows()}
+    f3 = rows[("faithful", "three")]
+    assert f3["n_seeds"] == 2
+    assert (f3["cls_forget_mean"], f3["cls_forget_std"]) == (pytest.approx(0.6), pytest.approx(0.1 * math.sqrt(2)))
+    assert (f3["audit_probe_mean"], f3["audit_relearn_steps_mean"]) == (pytest.approx(0.85), pytest.approx(2.5))
+    assert f3["seconds_mean"] == 4.0
+    scores = [compute_avg_gain(create_results(faithful / f"seed_{s}", all_res=True)[0])[0] for s in (0, 1)]
+    assert f3["score_mean"] == pytest.approx(np.mean(scores))
+    assert math.isnan(rows[("improved", "star")]["audit_relearn_steps_mean"])  # never relearned within budget
+    o3 = rows[("original", "three")]  # the original model: its 'after' is the before, its audit the original's
+    assert (o3["cls_forget_mean"], o3["full_forget_mean"]) == (0.75, 0.85)
+    assert (o3["res_Shapes_mean"], o3["audit_probe_mean"], o3["audit_blast_mean_mean"]) == (0.64, 0.9, 0.0)
+    assert math.isnan(o3["seconds_mean"]) and o3["lost_elsewhere_mean"] == 0
+    assert not [c for c in agg.columns if c.startswith("audit_") and "_original_" in c]
+    # lost elsewhere: mean of the clipped relative drops of the rest of the dataset and the other dataset
+    runs = method_runs([faithful, improved], all_res=True).set_index(["method", "seed", "name"])
+    i3 = runs.loc[("improved", "seed_0", "three")]
+    assert i3["lost_elsewhere"] == pytest.approx((max(0, (0.85 - 0.84) / 0.85) + max(0, (0.64 - 0.64) / 0.64)) / 2)
+
+
+def test_compare_command_line(tmp_path, capsys):
+    faithful, improved = two_methods(tmp_path)
+    out = main(["compare", str(faithful), str(improved)])
+    assert set(out["method"]) == {"original", "faithful", "improved"}
+    md = (tmp_path / "compare.md").read_text()  # default: in the DIRs' common parent
+    check_png(tmp_path / "compare.png")
+    header, *rows = markdown_rows(md)
+    assert header[:4] == ["method", "ds", "name", "n_seeds"]
+    assert {"cls_forget", "audit_probe", "audit_relearn_steps", "score", "seconds"} <= set(header)
+    cell = dict(zip(header, rows[1]))
+    assert (cell["method"], cell["cls_forget"]) == ("faithful", f"0.600 ± {0.1 * math.sqrt(2):.3f}")
+    assert dict(zip(header, rows[0]))["seconds"] == "-"
+    single = main(["compare", str(faithful / "seed_0"), "--out", str(tmp_path / "one")])  # a run folder
+    assert set(single["n_seeds"]) == {1} and (tmp_path / "one.md").is_file()
+    assert "0.500 |" in (tmp_path / "one.md").read_text()  # one seed: no ± part
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, ["compare", str(tmp_path / "nope")])
+    assert e.value.code == 2 and "not found" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""train: the loss, layer selection, frozen parameters, BatchNorm, rollback, logs and resume."""
+"""train: the paper's loss, layer selection, frozen parameters, BatchNorm, rollback, the loop's edge
+cases as the paper's code has them, evaluation datasets, logs and resume."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +10,13 @@ import pytest
 import torch
 import yaml
 
+import methods.lipschitz as lip
 import train
 from common import REPO
+from methods.base import ForgetTask, Snapshot, freeze
+from methods.lipschitz import Config as UnlearnConfig
+from methods.lipschitz import lipschitz_loss, select_top_k, unlearn
 from models import load_model
-from train import Snapshot, UnlearnConfig, freeze, lipschitz_loss, select_top_k, unlearn
 
 
 class _Toy(torch.nn.Module):
@@ -113,19 +117,84 @@ def test_rollback_restores_model_and_optimiser_exactly(demo):
         assert all(torch.equal(st[k], after["state"][i][k]) for k in st)
 
 
-def test_batchnorm_statistics_unchanged_and_model_restored_by_unlearning(demo, generated, digits):
+def _task(demo, model, x, acc, **kw) -> ForgetTask:
+    return ForgetTask(model=model, tokenizer=demo.tokenizer, classnames=["three"], template="{}", class_index=0,
+                      images=x, caption="A picture of three", other_prompts=[], syn_accuracy=acc,
+                      generator=torch.Generator().manual_seed(0), **kw)
+
+
+@pytest.fixture(scope="module")
+def three(demo, generated, digits):
+    args = type("A", (), {"generated_data": 1, "generated_dir": str(generated[0])})
+    return train.forget_images(args, demo, digits, "three", generated[1][0]["model_key"])
+
+
+def test_batchnorm_statistics_unchanged_and_model_restored_by_unlearning(demo, three):
     model = copy.deepcopy(demo.model)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = type("A", (), {"generated_data": 1, "generated_dir": str(generated[0])})
-    x = train.forget_images(args, demo, digits, "three", generated[1][0]["model_key"])
-    tokens = demo.tokenizer(["A picture of three"] * len(x))
-    acc = lambda: 1.0  # noqa: E731 — never improves: every epoch is rolled back
     cfg = UnlearnConfig(lr=1e-3, n_samples=3, max_epochs=2, frozen=[r"(^|\.)conv\d*\.weight$"])
-    best, rec = unlearn(model, x, tokens, acc, cfg, torch.Generator().manual_seed(0))
-    assert best == {} and rec.rollbacks == 2 and rec.epochs == 2
+    res = unlearn(_task(demo, model, three, lambda: 1.0), cfg)  # accuracy stays 1: every epoch is rolled back
+    assert res.summary["rollbacks"] == 2 and res.summary["epochs"] == 2 and res.summary["no_epoch_improved"]
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
     assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+
+
+def test_first_epoch_always_runs_as_in_the_paper(demo, three):
+    # the paper's best accuracy starts at 1.0: a class already below the stop accuracy is still trained once
+    model = copy.deepcopy(demo.model)
+    res = unlearn(_task(demo, model, three, lambda: 0.05), UnlearnConfig(lr=1e-3, n_samples=2))
+    assert res.summary["epochs"] == 1 and res.summary["steps"] == 1 and not res.summary["no_epoch_improved"]
+    assert res.changed and res.log["0.1"]["improved"]
+
+
+def test_without_improvement_the_result_is_the_model_before_the_last_rollback(demo, three):
+    # one epoch that does not improve (accuracy stays 1) is rolled back, and the paper then evaluates the
+    # model as that epoch left it: the very model the same epoch gives when it does improve
+    cfg = UnlearnConfig(lr=1e-3, n_samples=2, max_epochs=1)
+    stuck = unlearn(_task(demo, copy.deepcopy(demo.model), three, lambda: 1.0), cfg)
+    better = unlearn(_task(demo, copy.deepcopy(demo.model), three, lambda: 0.5), cfg)
+    assert stuck.summary["no_epoch_improved"] and stuck.summary["rollbacks"] == 1
+    assert not better.summary["no_epoch_improved"] and better.summary["rollbacks"] == 0
+    assert stuck.changed.keys() == better.changed.keys() and stuck.changed
+    assert all(torch.equal(stuck.changed[n], better.changed[n]) for n in stuck.changed)
+
+
+def test_accumulation_over_several_batches_as_in_the_papers_real_data_mode(demo, monkeypatch):
+    """7 batches, accumulation 5: the loss of each batch is divided by 5, optimiser steps after batches 5
+    and 7, the top-k selection after every backward, and the epoch stops at the first check <= min_acc."""
+    model = copy.deepcopy(demo.model)
+    x = torch.randn(28, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    cfg = UnlearnConfig(lr=1e-3, n_samples=2, batch_size=4, max_epochs=1, k_v=1000, k_t=1000, inc_v=[0] * 7,
+                        inc_t=[0] * 7)
+    grads, selections = [], []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            grads.append([p.grad.clone() if p.grad is not None else None for g in self.param_groups for p in g["params"]])
+            return super().step(closure)
+
+    monkeypatch.setattr(lip.torch.optim, "Adam", RecordingAdam)
+    real_select = lip.select_top_k
+    monkeypatch.setattr(lip, "select_top_k", lambda named, k: selections.append(k) or real_select(named, k))
+    checks = []
+    res = unlearn(_task(demo, model, x, lambda: checks.append(1) or 0.5, train_view=lambda: x), cfg)
+    assert res.summary["steps"] == 2 and len(grads) == 2 and len(selections) == 2 * 7
+    assert len(checks) == 1 + 2  # before, and after each step (between steps the model does not change)
+    # by hand: the same order and noise stream; the first step holds the sum of 5 batches' gradients / 5
+    vis, txt = freeze(model, cfg.frozen)
+    params = [p for _, p in vis + txt]
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(28, generator=g)
+    tokens = demo.tokenizer(["A picture of three"] * 4)
+    for idx in order.split(4)[:5]:
+        (lipschitz_loss(model, x[idx], tokens, cfg.stds[0], 2, g) / 5).backward()
+    for p, recorded in zip(params, grads[0]):
+        assert recorded is not None and torch.allclose(p.grad, recorded, rtol=1e-4, atol=1e-7)
+    # a check <= min_acc after the first step ends the epoch before batches 6 and 7
+    grads.clear()
+    res = unlearn(_task(demo, copy.deepcopy(demo.model), x, iter([0.5, 0.05]).__next__, train_view=lambda: x), cfg)
+    assert res.summary["steps"] == 1 and len(grads) == 1
 
 
 def test_logs_follow_the_paper_schema(demo_run):
@@ -173,3 +242,28 @@ def test_saved_delta_reproduces_the_unlearned_model(demo_run, generated, data_ro
     figs = class_figures(*predict(lm.model, loader(ds.test, lm.preprocess, "cpu"), classifier_weights(lm, ds, "cpu"),
                                   "cpu"), 3)
     assert figs["cls_acc_test"] == pytest.approx(logs["Shapes"]["red star"]["final_results"]["Shapes"]["red star"]["cls_acc_test"])
+    # --run_ds Shapes alone: every dataset of the demo world is still evaluated after the class, as the paper does
+    assert set(logs["Shapes"]["red star"]["final_results"]) == {"Shapes", "Digits"}
+    assert logs["settings"]["eval_ds"] == "Shapes,Digits"
+
+
+def test_eval_ds_limits_the_evaluated_datasets(generated, data_root, tmp_path):
+    logs = train.main(["--output_dir", str(tmp_path / "run"), "--generated_dir", str(generated[0]), "--n_samples", "2",
+                       "--max_epochs", "1", "--data_root", data_root, "--device", "cpu", "--forget_labels", "red star",
+                       "--run_ds", "Shapes", "--eval_ds", "shapes"])
+    assert set(logs["Shapes"]["red star"]["final_results"]) == {"Shapes"}
+    assert json.loads((tmp_path / "run" / "zeroshot_before.json").read_text()).keys() == {"Shapes"}
+
+
+def test_bf16_optimisation_runs_close_to_fp32_and_tf32_needs_cuda(generated, data_root, tmp_path):
+    def run(*extra):
+        return train.main(["--output_dir", str(tmp_path / "_".join(extra or ("fp32",))), "--generated_dir",
+                           str(generated[0]), "--n_samples", "2", "--max_epochs", "1", "--data_root", data_root,
+                           "--device", "cpu", "--forget_labels", "three", "--run_ds", "Digits", "--eval_ds", "Digits",
+                           *extra])["Digits"]["three"]
+    fp32, bf16 = run(), run("--precision", "bf16")
+    a, b = fp32["0.1"]["epochs"][0]["loss"], bf16["0.1"]["epochs"][0]["loss"]
+    assert a != b and b == pytest.approx(a, rel=0.05)  # autocast really ran, and computed the same loss roughly
+    from common import UserError
+    with pytest.raises(UserError, match="--precision tf32 is for CUDA devices"):
+        run("--precision", "tf32")

@@ -1,0 +1,203 @@
+"""hinge: push the forget class below the best other class on the synthetic images (this project).
+
+A direct objective instead of the paper's smoothness loss: on the forget images, the forget class's
+zero-shot logit must fall below the best other class of its dataset by `hinge_margin`. Plain Adam
+on every unlearnable tensor of the chosen `towers` (no top-k, no weight decay: decay would move
+tensors the loss does not need). Options, all measured on the demo world (README):
+- towers: both (the paper's towers), text (the text transformer), image, or token: only the
+  token-embedding rows of the class name (tokens no other class prompt of the run uses; cannot run
+  when every token of the name is shared, as for 4 of the paper's 12 classes);
+- retain_weight: keep the other classes (KL and embedding drift against the original model on
+  synthetic images of the other classes and their prompts; needs datagen's retain/ sets);
+- stop margin: stop once <= stop_frac of a held-out synthetic set (another noise seed) still has
+  the forget logit within stop_margin of the best other class (the paper's "synthetic accuracy <=
+  0.1" is reached long before real images are forgotten);
+- objective lipschitz+hinge: the paper's loss at its first noise level, plus the hinge;
+- augment: re-augment the forget images every step (shift, scale, noise).
+Data: synthetic forget images (+ held-out and retain sets from `datagen.py --method improved`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from common import UserError
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights
+from methods.lipschitz import lipschitz_loss
+from synthetic import augment
+from zeroshot import EVAL_SCALE, forget_margin, logits
+
+NAME = "hinge"
+NEEDS_IMAGES = True
+TOWERS = ("both", "text", "image", "token")
+
+
+@dataclass
+class Config:
+    objective: str = field(default="hinge", metadata={"choices": ("hinge", "lipschitz+hinge")})
+    hinge_margin: float = 100.0  # logits at the evaluation scale 100
+    retain_weight: float = 0.0  # weight of the retain term (0 = off)
+    stop: str = field(default="acc", metadata={"choices": ("acc", "margin")})
+    stop_margin: float = 100.0
+    stop_frac: float = 0.1  # --stop margin: stop once <= this fraction of the held-out set is within the margin
+    towers: str = field(default="both", metadata={"choices": TOWERS})
+    augment: int = 0  # 1: re-augment the forget images every step
+    max_steps: int = 300
+    min_train_acc_stop: float = 0.1  # --stop acc: stop once accuracy on the forget images is <= this
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    batch_size: int = 64
+    n_samples: int = 25  # lipschitz+hinge: noisy copies per image
+    chunk: int = 512
+    lipschitz_std: float = 0.1  # lipschitz+hinge: the first noise level of the paper's schedule
+
+
+def side_sets(cfg: Config) -> list[str]:
+    """The synthetic sets besides the forget set that this configuration reads."""
+    return ["heldout"] * (cfg.stop == "margin") + ["retain"] * (cfg.retain_weight > 0)
+
+
+def check(cfg: Config) -> list[str]:
+    problems = []
+    if cfg.retain_weight < 0:
+        problems.append(f"--retain_weight must be at least 0, got {cfg.retain_weight}")
+    if cfg.towers == "token" and cfg.objective != "hinge":
+        problems.append("--towers token needs --objective hinge")
+    if not 0 <= cfg.stop_frac < 1:
+        problems.append(f"--stop_frac must be in [0, 1), got {cfg.stop_frac}")
+    if cfg.max_steps < 1:
+        problems.append(f"--max_steps must be at least 1, got {cfg.max_steps}")
+    return problems
+
+
+def hinge_loss(model, images: torch.Tensor, weights: torch.Tensor, idx: int, margin: float) -> torch.Tensor:
+    """mean(relu(forget logit - best other + margin)), in cosine units (logits / 100)."""
+    return F.relu(forget_margin(logits(model, images, weights), idx) + margin).mean() / EVAL_SCALE
+
+
+class RetainTerm:
+    """Drift of the model on what must be kept, against its state when this object was made:
+    KL(original || current) of the zero-shot distribution of synthetic images of the other
+    classes, 1 - cos of their image embeddings, and 1 - cos of the other classes' prompt embeddings.
+    Zero for the original model; grows with any change that affects them."""
+
+    def __init__(self, model, images: torch.Tensor, prompt_tokens: torch.Tensor, keep: list[int]):
+        self.images, self.tokens, self.keep = images, prompt_tokens, keep
+        with torch.no_grad():
+            self.emb0 = F.normalize(model.encode_image(images), dim=-1)
+            self.w0 = text_weights(model, prompt_tokens)
+            self.logp0 = (EVAL_SCALE * self.emb0 @ self.w0).log_softmax(-1)
+
+    def __call__(self, model, weights: torch.Tensor | None = None) -> torch.Tensor:
+        w = text_weights(model, self.tokens) if weights is None else weights
+        emb = F.normalize(model.encode_image(self.images), dim=-1)
+        kl = F.kl_div((EVAL_SCALE * emb @ w).log_softmax(-1), self.logp0, log_target=True, reduction="batchmean")
+        img = (1 - (emb * self.emb0).sum(-1)).mean()
+        txt = (1 - (w[:, self.keep] * self.w0[:, self.keep]).sum(0)).mean()
+        return kl + img + txt
+
+
+def heldout_rule(model, heldout: torch.Tensor, prompt_tokens: torch.Tensor, idx: int, stop_margin: float,
+                 text_frozen: bool) -> Callable[[], float]:
+    """The quantity --stop margin watches: the fraction of held-out synthetic images whose forget
+    logit is above the best other class's minus stop_margin (lower = more forgotten)."""
+    with torch.no_grad():
+        w_fixed = text_weights(model, prompt_tokens) if text_frozen else None
+
+    @torch.no_grad()
+    def frac() -> float:
+        w = w_fixed if w_fixed is not None else text_weights(model, prompt_tokens)
+        m = torch.cat([forget_margin(logits(model, c, w), idx) for c in heldout.split(256)])
+        return (m > -stop_margin).float().mean().item()
+    return frac
+
+
+def tower_patterns(towers: str) -> list[str]:
+    """Extra frozen patterns (methods.base.freeze) that keep the other tower fixed."""
+    return {"both": [], "text": [r"^visual\."], "image": [r"^transformer\."], "token": [r"."]}[towers]
+
+
+def own_token_rows(prompt_tokens: torch.Tensor, idx: int, also: torch.Tensor | None = None) -> list[int]:
+    """Token ids in the forget class's prompt that no other class's prompt uses (its name's tokens).
+    `also`: the prompts of the run's other datasets, whose tokens must not move either."""
+    others = [prompt_tokens[:idx], prompt_tokens[idx + 1:]] + ([also] if also is not None else [])
+    return sorted(set(prompt_tokens[idx].tolist()) - set(torch.cat(others).flatten().tolist()))
+
+
+def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
+    """Adam on the chosen tensors until the watched quantity is small enough or cfg.max_steps."""
+    model, images, idx, gen = task.model, task.images, task.class_index, task.generator
+    prompts = task.prompt_tokens
+    watch, stop_at = task.syn_accuracy, cfg.min_train_acc_stop
+    if cfg.stop == "margin":
+        watch = heldout_rule(model, task.heldout, prompts, idx, cfg.stop_margin, text_frozen=cfg.towers == "image")
+        stop_at = cfg.stop_frac
+    retain = None
+    if cfg.retain_weight > 0:
+        keep = [i for i in range(len(task.classnames)) if i != idx]
+        retain = RetainTerm(model, task.retain, prompts, keep)
+    caption = task.tokens([task.caption] * min(len(images), cfg.batch_size)) if "lipschitz" in cfg.objective else None
+
+    vis, txt = freeze(model, list(task.arch.get("frozen", [])) + tower_patterns(cfg.towers))
+    named = vis + txt
+    row_mask = None
+    if cfg.towers == "token":
+        rows = own_token_rows(prompts, idx, task.tokens(task.other_prompts) if task.other_prompts else None)
+        if not rows:
+            raise UserError(f"--towers token: every token of '{task.classname}' is used by another class's prompt "
+                            "of the run; use --towers text for this class")
+        emb = model.token_embedding.weight
+        emb.requires_grad_(True)
+        named = [("token_embedding.weight", emb)]
+        row_mask = torch.ones(len(emb), 1, dtype=torch.bool, device=emb.device)
+        row_mask[rows] = False
+    names = {p: n for n, p in named}
+    params = [p for _, p in named]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
+    original = Snapshot(opt)
+    trace: list[dict] = []
+    value = before = watch()
+    steps, start = 0, time.time()
+    if task.progress is not None:
+        task.progress.reset(total=cfg.max_steps)
+        task.progress.unit = "step"
+    try:
+        while steps < cfg.max_steps and value > stop_at:
+            pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
+            x = augment(images[pick], gen) if cfg.augment else images[pick]
+            w = text_weights(model, prompts)
+            hinge = hinge_loss(model, x, w, idx, cfg.hinge_margin)
+            loss = hinge
+            if caption is not None:
+                loss = loss + lipschitz_loss(model, x, caption[:len(x)], cfg.lipschitz_std, cfg.n_samples, gen,
+                                             cfg.chunk)
+            kept = torch.zeros((), device=loss.device)
+            if retain is not None:
+                kept = retain(model, w)
+                loss = loss + cfg.retain_weight * kept
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {"steps": steps, "acc_syn_before": before})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if row_mask is not None:  # only the class's own rows (Adam leaves zero-gradient rows alone)
+                params[0].grad.masked_fill_(row_mask, 0.0)
+            original.before_change([p for p in params if p.grad is not None])
+            opt.step()
+            steps += 1
+            value = watch()
+            trace.append({"step": steps, "loss": round(loss.item(), 5), "hinge": round(hinge.item(), 5),
+                          "retain": round(kept.item(), 5), "watch": value})
+            if task.progress is not None:
+                task.progress.set_postfix(step=steps, watch=f"{value:.3f}", hinge=f"{hinge.item():.3f}")
+                task.progress.update()
+        changed = original.changed(names)
+    finally:
+        original.restore()
+        opt.zero_grad(set_to_none=True)
+    return MethodResult(changed, {"steps": steps, "acc_syn_before": before, "watch_final": value,
+                                  "seconds_loop": round(time.time() - start, 1), "trace": trace})

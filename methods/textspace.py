@@ -1,0 +1,203 @@
+"""textspace: forget a class from its text alone, no image (in the spirit of Kravets & Namboodiri,
+"Zero-shot CLIP Class Forgetting via Text-Image Space Adaptation", TMLR 2025: class removal
+without any image, from the text of the class, by changing the text side; the authors' summary
+names the text projection matrix as what changes).
+
+The text side is adapted so that the forget class's prompts move away from where its images are,
+while every other prompt stays where it was. Without images, the original text embeddings stand in
+for them (CLIP trains both towers into one space): the *proxy* of the forget class is the mean of
+its prompts' original embeddings (every template of the dataset), the proxy of another class is its
+own prompt's original embedding. Loss (logits at the evaluation scale 100, hinges in cosine units):
+- forget: for each template's forget prompt, its logit on the forget proxy must fall `margin` below
+  the best other class of the dataset (the zero-shot classifier with that prompt as the class's weight);
+- no theft: its logit on each other class's proxy must stay `margin` below that class's own logit,
+  so the moved prompt does not take another class's images;
+- keep (x `keep_weight`): |e - e_0|^2 / 2 (= 1 - cos) of every other class prompt of the dataset
+  (every template), of the run's other datasets, and of a batch of `n_unrelated` unrelated prompts
+  (words of the tokenizer's vocabulary, never an ImageNet class name's word: methods.base.unrelated_words;
+  the audit measures the blast radius on those, so they must not be trained on).
+What adapts (`adapt`):
+- proj: the text projection (a bare nn.Parameter that encode_text multiplies outside any module's
+  forward, which peft cannot wrap: it is trained in full; width x D values);
+- blocks: a LoRA adapter (peft, rank `rank`, alpha `lora_alpha`) on the MLP linears (mlp.c_fc,
+  mlp.c_proj) of the last `blocks` text blocks. Attention is left alone: nn.MultiheadAttention reads
+  out_proj.weight directly, so a LoRA on attn.out_proj alone is bypassed, and peft's
+  MultiheadAttention adapter re-registers the attention's parameters when it is removed;
+- blocks+proj: both.
+The adapter is merged into the base weights for the result (changed tensors by the original
+state_dict names) and removed: the model is handed back with its own modules and values.
+Adam until every hinge is satisfied or `max_steps`. Nothing of the image tower changes, so an
+image-side probe (linear probe, alias prompts) still finds the class.
+Data: none besides the class names and templates.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, fill, name_words, text_embeddings, too_small, \
+    unrelated_words
+from zeroshot import EVAL_SCALE
+
+NAME = "textspace"
+NEEDS_IMAGES = False
+ADAPT = ("proj", "blocks", "blocks+proj")
+ADAPTER = "textspace"
+
+
+@dataclass
+class Config:
+    adapt: str = field(default="proj", metadata={"choices": ADAPT, "help": "textspace: what of the text side adapts"})
+    blocks: int = 1  # textspace: LoRA on the MLP of this many last text blocks (adapt blocks*)
+    rank: int = 4  # textspace: LoRA rank
+    lora_alpha: float = 8.0  # textspace: LoRA alpha (the update is scaled by alpha / rank)
+    margin: float = 30.0  # textspace: logits (scale 100) the forget prompt must fall below the best other class
+    keep_weight: float = 10.0  # textspace: weight of the keep term
+    n_unrelated: int = 1000  # textspace: unrelated prompts kept in place
+    unrelated_batch: int = 256  # textspace: unrelated prompts per step
+    max_steps: int = 300
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+
+
+def check(cfg: Config) -> list[str]:
+    problems = too_small(cfg, blocks=1, rank=1, max_steps=1, unrelated_batch=1, margin=0, keep_weight=0, n_unrelated=0)
+    if cfg.lora_alpha <= 0:
+        problems.append(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
+    return problems
+
+
+def lora_targets(model: torch.nn.Module, blocks: int) -> list[str]:
+    """Module names of the MLP linears of the last `blocks` text blocks."""
+    n = len(model.transformer.resblocks)
+    return [f"transformer.resblocks.{i}.mlp.{m}" for i in range(max(0, n - blocks), n) for m in ("c_fc", "c_proj")]
+
+
+class Adapted:
+    """The model with the chosen adapter in place while the block runs; `changed()` gives the merged
+    tensors by their original names. On exit every module, value and requires_grad flag is as before."""
+
+    def __init__(self, task: ForgetTask, cfg: Config):
+        self.model, self.cfg, self.seed = task.model, cfg, task.seed
+        self.tuner = None
+        self.proj0 = None
+
+    def __enter__(self) -> "Adapted":
+        model, cfg = self.model, self.cfg
+        self.grad_flags = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = []
+        if "blocks" in cfg.adapt:
+            from peft import LoraConfig
+            from peft.tuners.lora import LoraModel
+            config = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                target_modules=lora_targets(model, cfg.blocks))
+            device = next(model.parameters()).device
+            # LoRA's A matrices are drawn from the global stream: draw them from the class's seed, in a fork
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                self.tuner = LoraModel(model, config, ADAPTER)
+            params += [p for n, p in model.named_parameters() if "lora_" in n]
+        if "proj" in cfg.adapt:
+            self.proj0 = model.text_projection.detach().clone()
+            model.text_projection.requires_grad_(True)
+            params.append(model.text_projection)
+        for p in params:
+            p.requires_grad_(True)
+        self.params = params
+        return self
+
+    @torch.no_grad()
+    def changed(self) -> dict[str, torch.Tensor]:
+        from peft.tuners.lora import LoraLayer
+        out = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+                base = module.get_base_layer()
+                out[f"{name}.weight"] = base.weight.detach() + module.get_delta_weight(ADAPTER).to(base.weight.dtype)
+        if self.proj0 is not None:
+            out["text_projection"] = self.model.text_projection.detach().clone()
+        return out
+
+    def __exit__(self, *exc) -> None:
+        if self.tuner is not None:
+            self.tuner.unload()  # the original nn.Linear modules back in place, unmerged
+            self.model.__dict__.pop("peft_config", None)
+        if self.proj0 is not None:
+            with torch.no_grad():
+                self.model.text_projection.copy_(self.proj0)
+        for p, flag in self.grad_flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def unit_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b|^2 / 2 of unit rows (= 1 - cos), exactly 0 for identical rows."""
+    return (a - b).pow(2).sum(-1) / 2
+
+
+def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
+    model, idx, gen = task.model, task.class_index, task.generator
+    k = len(task.classnames)
+    others = [i for i in range(k) if i != idx]
+    templates = [task.template, *[t for t in task.templates if t != task.template]]
+    forget = task.tokens(task.class_prompts(task.classname))  # (T, L): the class in every template
+    classes = task.prompt_tokens  # (K, L): the zero-shot classifier's prompts
+    keep = task.tokens([p for i in others for p in task.class_prompts(task.classnames[i])] + list(task.other_prompts))
+    words = unrelated_words(task.tokenizer, cfg.n_unrelated, name_words(task.classnames))
+    unrelated = task.tokens([fill(templates[i % len(templates)], w) for i, w in enumerate(words)]) if words else None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        proxy_forget = F.normalize(text_embeddings(model, forget).mean(0, keepdim=True), dim=-1)  # (1, D)
+        proxy_others = text_embeddings(model, classes)[others]  # (K-1, D)
+        keep0 = text_embeddings(model, keep)
+        unrelated0 = text_embeddings(model, unrelated) if unrelated is not None else None
+    steps, trace, start = 0, [], time.time()
+    forget_loss = theft = torch.ones(())
+    if task.progress is not None:
+        task.progress.reset(total=cfg.max_steps)
+        task.progress.unit = "step"
+    try:
+        with Adapted(task, cfg) as adapted:
+            opt = torch.optim.Adam(adapted.params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
+            while steps < cfg.max_steps:
+                f_now = F.normalize(model.encode_text(forget), dim=-1)  # (T, D)
+                w_others = F.normalize(model.encode_text(classes[others]), dim=-1)  # (K-1, D)
+                # forget: each template's prompt below the best other class on the forget proxy
+                best_other = (EVAL_SCALE * proxy_forget @ w_others.T).max(-1).values  # (1,)
+                forget_loss = F.relu(EVAL_SCALE * proxy_forget @ f_now.T - best_other + cfg.margin).mean() / EVAL_SCALE
+                # no theft: below each other class's own logit on that class's proxy
+                own = EVAL_SCALE * (proxy_others * w_others).sum(-1, keepdim=True)  # (K-1, 1)
+                theft = F.relu(EVAL_SCALE * proxy_others @ f_now.T - own + cfg.margin).mean() / EVAL_SCALE
+                if (forget_loss + theft).item() == 0:  # every hinge satisfied
+                    break
+                kept = unit_sq_dist(F.normalize(model.encode_text(keep), dim=-1), keep0).mean()
+                if unrelated is not None:
+                    pick = torch.randperm(len(unrelated), generator=gen, device=gen.device)[:cfg.unrelated_batch]
+                    pick = pick.to(unrelated.device)
+                    kept = kept + unit_sq_dist(F.normalize(model.encode_text(unrelated[pick]), dim=-1),
+                                               unrelated0[pick]).mean()
+                loss = forget_loss + theft + cfg.keep_weight * kept
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {"steps": steps})
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                trace.append({"step": steps, "forget": round(forget_loss.item(), 5), "theft": round(theft.item(), 5),
+                              "keep": round(kept.item(), 6)})
+                if task.progress is not None:
+                    task.progress.set_postfix(step=steps, forget=f"{forget_loss.item():.3f}", keep=f"{kept.item():.2e}")
+                    task.progress.update()
+            changed = adapted.changed()
+    finally:
+        model.train(was_training)
+    return MethodResult(changed, {"steps": steps, "forget_final": round(forget_loss.item(), 5),
+                                  "theft_final": round(theft.item(), 5), "seconds_loop": round(time.time() - start, 1),
+                                  "trace": trace})
