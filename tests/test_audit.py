@@ -72,8 +72,7 @@ def token_edit(demo, demo_datasets):
         edited = emb.detach().clone()
         g = torch.Generator().manual_seed(0)
         edited[own] = torch.randn(len(own), emb.shape[1], generator=g) * emb.std()
-    datasets = {**demo_datasets, ds_name: dataclasses.replace(demo_datasets[ds_name], aliases={cls: [alias]},
-                                                              templates=demo_config()["templates"][ds_name])}
+    datasets = {**demo_datasets, ds_name: dataclasses.replace(demo_datasets[ds_name], aliases={cls: [alias]})}
     auditor = Auditor(lm, datasets, CFG, device="cpu")
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     changed = {"token_embedding.weight": edited}

@@ -302,7 +302,7 @@ def test_accept_margin_decays_after_failed_attempts_so_a_hard_class_finishes(dem
 # ----------------------------------------------------------------------------- through the scripts
 def _datagen(tmp_path, data_root, out, *extra):
     import datagen
-    return datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "star",
+    return datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "red star",
                          "--n_generated", "6", "--out_dir", str(out), "--data_root", data_root,
                          "--device", "cpu", *extra])
 
@@ -316,7 +316,7 @@ def star_sets(tmp_path_factory, data_root, shapes):
     root = tmp_path_factory.mktemp("beyond_gen")
     _datagen(root, data_root, root / "gen")
     _datagen(root, data_root, root / "gen" / "heldout", "--noise_seed", "1000")
-    meta = read_synthetic(root / "gen" / "Shapes" / "star.pt")["meta"]
+    meta = read_synthetic(root / "gen" / "Shapes" / "red star.pt")["meta"]
     g = torch.Generator().manual_seed(0)
     for i, c in enumerate(shapes.classnames):
         save_synthetic(synthetic_path(root / "gen" / "retain", "Shapes", c), torch.randn(2, 3, 32, 32, generator=g),
@@ -329,8 +329,8 @@ def test_datagen_improved_makes_forget_and_heldout_sets_and_retain_on_request(tm
     from synthetic import read_synthetic
     fast = ["--accept_margin", "2", "--max_steps", "30", "--n_generated", "3", "--high_prob", "0.5", "--max_failed", "2"]
     _datagen(tmp_path, data_root, tmp_path / "a", "--method", "improved", *fast)
-    forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "star.pt"), \
-        read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "star.pt")
+    forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "red star.pt"), \
+        read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "red star.pt")
     assert forget["meta"]["config"]["accept_margin"] == 2.0  # the user's option wins over the preset's 30
     import datagen
     assert len(forget["images"]) == 3 and len(held["images"]) == datagen.PRESETS["improved"]["heldout_n"]
@@ -360,5 +360,5 @@ def test_datagen_all_classes_and_default_meta(tmp_path, data_root, shapes, star_
     _, targets = datagen.validate(args)
     assert targets == [("Shapes", c) for c in shapes.classnames]
     from synthetic import read_synthetic
-    meta = read_synthetic(star_sets / "Shapes" / "star.pt")["meta"]  # made without the new options
+    meta = read_synthetic(star_sets / "Shapes" / "red star.pt")["meta"]  # made without the new options
     assert "noise_seed" not in meta and meta["config"]["accept_margin"] == 0 and meta["config"]["augment_accept"] == 0
