@@ -18,7 +18,6 @@ demo: $(STAMP)
 	$(PY) zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
 	sh datagen.sh demo
 	sh train.sh 1 1 0 1 25 0.1 "Digits,Shapes" demo
-	sh datagen.sh demo --method improved
 	sh train.sh 1 1_improved 0 1 25 0.1 "Digits,Shapes" demo --method improved
 	$(PY) audit.py results/results1/seed_0/ results/results1_improved/seed_0/
 	$(PY) clip_forget_utils.py results/results1/seed_0/ results/results1_improved/seed_0/ --all_res 1
@@ -35,4 +34,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_train.py --arch ViT-B/16 --pretrained none --batch 4 --n_samples 5 --steps 2
 
 clean:
-	rm -rf results generated_demo generated_demo_improved .cache bench/out
+	rm -rf results generated_demo generated_demo_confident .cache bench/out

@@ -53,11 +53,10 @@ from common import REPO, UserError, _atomic, atomic_write_json, check_all, check
     class_seed, default_data_root, default_device, run_cli
 from datasets import DatasetSplits, build_datasets, dataset_config
 from datasets.base import load_rgb
-from clip_forget_utils import AUDIT_FILE, audit_table, to_markdown
+from clip_forget_utils import AUDIT_FILE, audit_file, audit_table, to_markdown
 from models import LoadedModel, check_model, load_model, read_checkpoint
 from zeroshot import classifier_weights, loader, run_model_key
 
-PLOT_FILE = "audit.png"
 BLAST_TOP = 5  # the prompts that moved most, kept in audit.json
 
 
@@ -76,6 +75,7 @@ class AuditConfig:
     relearn_back: float = 0.5  # "relearned" = name accuracy >= this x the original model's
     blast_template: str = "a photo of a {}."  # open_clip's ImageNet class names in this template
     blast_threshold: float = 0.05  # a prompt "moved" when 1 - cos exceeds this
+    split: str = "test"  # where the probes are measured: test (to report) or val (to choose methods by)
     batch_size: int = 256  # images per forward pass
 
 
@@ -107,9 +107,9 @@ class Subject:
             self.lm, ds.split(split), self.device, self.cfg.batch_size, f"{self.label}: {ds.name} {split} features"))
 
     def probe_predictions(self, ds: DatasetSplits) -> np.ndarray:
-        """Test-split predictions of a linear probe fitted on this model's train-split features."""
-        return self._memo("image", ("probe", ds.name), lambda: linear_probe(
-            *self.features(ds, "train"), self.features(ds, "test")[0], self.cfg))
+        """Predictions on the audit's split of a linear probe fitted on this model's train-split features."""
+        return self._memo("image", ("probe", ds.name, self.cfg.split), lambda: linear_probe(
+            *self.features(ds, "train"), self.features(ds, self.cfg.split)[0], self.cfg))
 
     # text side
     def classifier(self, ds: DatasetSplits, ensemble: bool = False) -> torch.Tensor:
@@ -170,7 +170,7 @@ def relearn(lm: LoadedModel, ds: DatasetSplits, idx: int, target: float, cfg: Au
             device: str) -> dict:
     """Fine-tune the model on cfg.relearn_k real train images of class `idx` (cross-entropy of its
     zero-shot logits, its own logit scale, against every class prompt of `ds`) and follow the class's
-    test accuracy (the name probe) after every step. The model is restored afterwards.
+    accuracy on the audit's split (the name probe) after every step. The model is restored afterwards.
 
     Returns {"steps": first step with accuracy >= target (0: already there; None: not within the
     budget), "acc": accuracy after the budget, "curve": accuracy after 0..budget steps, "k": images}.
@@ -180,7 +180,7 @@ def relearn(lm: LoadedModel, ds: DatasetSplits, idx: int, target: float, cfg: Au
     train = [d for d in ds.train if d.label == idx]
     pick = torch.randperm(len(train), generator=g)[:cfg.relearn_k].tolist()
     x_train = torch.stack([lm.preprocess(load_rgb(train[i].impath)) for i in sorted(pick)]).to(device)
-    x_test = torch.stack([lm.preprocess(load_rgb(d.impath)) for d in ds.test if d.label == idx]).to(device)
+    x_test = torch.stack([lm.preprocess(load_rgb(d.impath)) for d in ds.split(cfg.split) if d.label == idx]).to(device)
     prompts = lm.tokenizer([ds.prompt(c) for c in ds.classnames]).to(device)
     y = torch.full((len(x_train),), idx, device=device)
 
@@ -241,14 +241,19 @@ def blast_prompts(datasets: dict[str, DatasetSplits], template: str) -> tuple[st
 
 
 def subject_figures(subject: Subject, original: Subject, ds: DatasetSplits, classname: str, prompts: tuple[str, ...],
-                    target: float, seed: int) -> dict:
-    """Every figure of AUDIT_FIGURES for one model state and one class, with the relearning curve and the
-    prompts that moved most (blast_top); the state's weights must be in the module now."""
+                    target: float, seed: int, others: Sequence[DatasetSplits] = (), blast: bool = True) -> dict:
+    """Every figure of AUDIT_FIGURES for one model state and one class on the audit's split, with the
+    relearning curve, the predictions on the class's images and the prompts that moved most
+    (blast_top); the state's weights must be in the module now. `others`: the run's other evaluated
+    datasets; blast False: no blast radius (a model trained apart, the oracle, moves every prompt)."""
     idx, cfg = ds.classnames.index(classname), subject.cfg
-    feats, labels = subject.features(ds, "test")
+    feats, labels = subject.features(ds, cfg.split)
     w = subject.classifier(ds)
-    out = {"name": class_accuracy(feats, labels, w, idx),
-           "ensemble": class_accuracy(feats, labels, subject.classifier(ds, ensemble=True), idx)}
+    preds = (feats @ w).argmax(-1)
+    mask = labels == idx
+    out = {"name": preds[mask].eq(idx).float().mean().item(),
+           "ensemble": class_accuracy(feats, labels, subject.classifier(ds, ensemble=True), idx),
+           "rest": preds[~mask].eq(labels[~mask]).float().mean().item()}
     alias = subject.alias_weight(ds, classname)
     if alias is None:
         out["alias"] = None
@@ -256,10 +261,17 @@ def subject_figures(subject: Subject, original: Subject, ds: DatasetSplits, clas
         w_alias = w.clone()
         w_alias[:, idx] = alias
         out["alias"] = class_accuracy(feats, labels, w_alias, idx)
-    test_labels = labels.numpy()
-    out["probe"] = float((subject.probe_predictions(ds)[test_labels == idx] == idx).mean())
+    out["probe"] = float((subject.probe_predictions(ds)[labels.numpy() == idx] == idx).mean())
+    out["others"] = {}
+    for o in others:
+        f, y = subject.features(o, cfg.split)
+        out["others"][o.name] = (f @ subject.classifier(o)).argmax(-1).eq(y).float().mean().item()
+    out["other"] = float(np.mean(list(out["others"].values()))) if out["others"] else None
     back = relearn(subject.lm, ds, idx, target, cfg, seed, subject.device)
-    out.update(relearn_steps=back["steps"], relearn_acc=back["acc"], relearn_curve=back["curve"], relearn_k=back["k"])
+    out.update(relearn_steps=back["steps"], relearn_acc=back["acc"], relearn_curve=back["curve"], relearn_k=back["k"],
+               forget_preds=preds[mask].tolist())
+    if not blast:
+        return {**out, "blast_mean": None, "blast_count": None, "blast_top": []}
     moved = prompt_shift(subject, original, prompts)
     top = moved.topk(min(BLAST_TOP, len(prompts)))
     out.update(blast_mean=moved.mean().item(), blast_count=int((moved > cfg.blast_threshold).sum()),
@@ -301,31 +313,41 @@ def towers_changed(changed: dict[str, torch.Tensor]) -> dict[str, bool]:
 
 class Auditor:
     """The original model of runs and their datasets, with everything about the original computed once
-    (shared by the runs of several seeds and methods)."""
+    (shared by the runs of several seeds and methods); with `oracle`, also the demo CLIP retrained
+    without each audited class (models.load_demo_oracle), the gold standard of forgetting."""
 
-    def __init__(self, lm: LoadedModel, datasets: dict[str, DatasetSplits], cfg: AuditConfig, device: str):
+    def __init__(self, lm: LoadedModel, datasets: dict[str, DatasetSplits], cfg: AuditConfig, device: str,
+                 evaluated: Sequence[str] = (), oracle: bool = False, data_root: str | None = None):
         self.lm, self.datasets, self.cfg, self.device = lm, datasets, cfg, device
+        self.evaluated = [d for d in evaluated if d in datasets]  # the run's evaluated datasets (--eval_ds)
+        self.oracle, self.data_root = oracle, data_root
         self.original = Subject("original", lm, device, cfg)
         self.prompts = blast_prompts(datasets, cfg.blast_template)
         self.done: dict = {}  # (dataset, class, seed) -> the references' figures
 
     def references(self, ds_name: str, classname: str) -> list[Subject]:
-        """The models audited beside every unlearned one, each a column of the audit: the original.
-        An oracle (the model trained without the class: models.load_demo_oracle) is one more Subject
-        with its own LoadedModel here; nothing else needs to change."""
-        return [self.original]
+        """The models audited beside every unlearned one, each a column of the audit: the original,
+        and the oracle retrained without the class (trained on first use, then cached)."""
+        refs = [self.original]
+        if self.oracle:
+            from models import load_demo_oracle
+            refs.append(Subject("oracle", load_demo_oracle([(ds_name, classname)], self.device, self.data_root),
+                                self.device, self.cfg))
+        return refs
 
     def audit_class(self, ds_name: str, classname: str, changed: dict[str, torch.Tensor], seed: int = 0) -> dict:
-        """Figures of the original (and other references) and of the model with `changed` applied;
-        `seed` draws the relearning images."""
+        """Figures of the original (and the oracle) and of the model with `changed` applied; `seed`
+        draws the relearning images. With the oracle: how often the unlearned model predicts what the
+        oracle predicts on the class's images (oracle_agreement)."""
         ds = self.datasets[ds_name]
         idx = ds.classnames.index(classname)
+        others = [self.datasets[d] for d in self.evaluated if d != ds_name]
         start = time.time()
         if (ds_name, classname, seed) not in self.done:  # with the original weights, before any change
-            name_acc = class_accuracy(*self.original.features(ds, "test"), self.original.classifier(ds), idx)
+            name_acc = class_accuracy(*self.original.features(ds, self.cfg.split), self.original.classifier(ds), idx)
             self.done[(ds_name, classname, seed)] = {ref.label: subject_figures(
-                ref, self.original, ds, classname, self.prompts, self.cfg.relearn_back * name_acc, seed)
-                for ref in self.references(ds_name, classname)}
+                ref, self.original, ds, classname, self.prompts, self.cfg.relearn_back * name_acc, seed, others,
+                blast=ref is self.original) for ref in self.references(ds_name, classname)}
         refs = self.done[(ds_name, classname, seed)]
         self.original.prompt_embeddings(self.prompts)  # the blast radius's reference
         towers = towers_changed(changed)
@@ -335,9 +357,11 @@ class Auditor:
         try:
             with applied(self.lm.model, {n: t.to(self.device) for n, t in changed.items()}):
                 after = subject_figures(unlearned, self.original, ds, classname, self.prompts,
-                                        self.cfg.relearn_back * refs["original"]["name"], seed)
+                                        self.cfg.relearn_back * refs["original"]["name"], seed, others)
         finally:
             self.original.frozen = False
+        if "oracle" in refs:
+            after["oracle_agreement"] = float(np.mean(np.equal(after["forget_preds"], refs["oracle"]["forget_preds"])))
         notes = []
         if not ds.aliases.get(classname):
             notes.append("no alias for this class in the dataset's config: alias is None")
@@ -386,9 +410,10 @@ def read_run(folder: Path) -> tuple[Run | None, list[str]]:
     return Run(folder, args, [(d, c, p) for d, c, p in classes]), problems
 
 
-def settings_of(cfg: AuditConfig, seed: int, model_key: str) -> dict:
+def settings_of(cfg: AuditConfig, seed: int, model_key: str, oracle: bool = False) -> dict:
     """What audit.json's figures depend on (the batch size does not change a figure)."""
-    return {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"}, "seed": seed, "model_key": model_key}
+    return {**{k: v for k, v in asdict(cfg).items() if k != "batch_size"}, "seed": seed, "model_key": model_key,
+            "oracle": oracle}
 
 
 def run_seed(run: Run, seed: int | None) -> int:
@@ -420,8 +445,8 @@ def audit_run(run: Run, auditor: Auditor, seed: int | None = None, redo: bool = 
     key = run.args.get("model_key") or run_model_key(run.args["backbone_arch"], run.args.get("pretrained"),
                                                      run.args.get("seed", 0))
     seed = run_seed(run, seed)
-    path = run.folder / AUDIT_FILE
-    audit = read_audit(path, settings_of(auditor.cfg, seed, key), redo)
+    path = run.folder / audit_file(auditor.cfg.split)
+    audit = read_audit(path, settings_of(auditor.cfg, seed, key, auditor.oracle), redo)
     for ds, cls, model_file in run.classes:
         sha = file_hash(model_file)
         if audit.get(ds, {}).get(cls, {}).get("model_sha1") == sha:
@@ -459,7 +484,7 @@ def plot_audit(audit: dict, path: str | Path | None = None):
     fig = Figure(figsize=(11, 2.9 * max(len(entries), 1)), layout="constrained")
     axes = fig.subplots(max(len(entries), 1), 2, squeeze=False, width_ratios=[3, 2])
     probes = ("name", "ensemble", "alias", "probe", "relearn_acc")
-    colors = {"original": "#8c9fb8", "unlearned": "#d9712b"}
+    colors = {"original": "#8c9fb8", "oracle": "#5a9e6f", "unlearned": "#d9712b"}
     for (ax, ax_curve), (ds, cls, e) in zip(axes, entries):
         labels = [k for k in e if isinstance(e[k], dict) and "name" in e[k]]  # the audited models
         x = np.arange(len(probes))
@@ -569,6 +594,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="relearning budget in steps (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="images per forward pass (default: %(default)s)")
+    p.add_argument("--split", default=d.split, choices=["test", "val"],
+                   help="where the probes are measured: test (audit.json, the report) or val (audit_val.json, "
+                        "to choose methods and settings by) (default: %(default)s)")
+    p.add_argument("--oracle", action="store_true",
+                   help="demo world: also audit the demo CLIP retrained without each class (the gold standard; "
+                        "trained once per class, a minute or two on a CPU, then cached)")
     return p.parse_args(argv)
 
 
@@ -587,7 +618,10 @@ def validate(args: argparse.Namespace) -> list[tuple[Run, dict]]:
         if run is None or run_problems:
             continue
         tag, model_problems = check_model(run.args.get("backbone_arch", "?"), run.args.get("pretrained"))
-        datasets, ds_problems = build_datasets(run.args.get("run_ds", ""),
+        if args.oracle and tag != "demo":
+            model_problems.append(f"--oracle retrains the demo CLIP: {folder} is a run of '{tag}'")
+        names = list(dict.fromkeys(f"{run.args.get('run_ds', '')},{run.args.get('eval_ds') or ''}".split(",")))
+        datasets, ds_problems = build_datasets([n for n in names if n.strip()],
                                                args.data_root or run.args.get("data_root") or default_data_root())
         problems += [f"{folder}: {p}" for p in model_problems + ds_problems]
         problems += [f"{folder}: class '{c}' is not in {d}" for d, c, _ in run.classes
@@ -604,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print_token_report(rows)
         return {"tokens": rows}
     runs = validate(args)
-    cfg = AuditConfig(relearn_k=args.relearn_k, relearn_steps=args.relearn_steps, batch_size=args.batch_size)
+    cfg = AuditConfig(relearn_k=args.relearn_k, relearn_steps=args.relearn_steps, batch_size=args.batch_size,
+                      split=args.split)
     auditors: dict = {}  # one original model (and its figures) per model and datasets, shared by runs
     out = {}
     start = time.time()
@@ -614,13 +649,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if key not in auditors:
             lm = load_model(a["backbone_arch"], a.get("pretrained"), args.device,
                             args.data_root or a.get("data_root"))
-            auditors[key] = Auditor(lm, datasets, cfg, args.device)
+            evaluated = [d for d in (a.get("eval_ds") or a.get("run_ds", "")).split(",") if d]
+            auditors[key] = Auditor(lm, datasets, cfg, args.device, evaluated, args.oracle,
+                                    args.data_root or a.get("data_root"))
         audit = audit_run(run, auditors[key], args.seed, args.redo)
-        plot_audit(audit, run.folder / PLOT_FILE)
+        plot_audit(audit, run.folder / Path(audit_file(cfg.split)).with_suffix(".png"))
         out[str(run.folder)] = audit
     for folder in out:
-        print(f"\n{folder} (wrote {Path(folder) / AUDIT_FILE} and {Path(folder) / PLOT_FILE}):")
-        print(to_markdown(audit_table(Path(folder))), end="")
+        written = Path(folder) / audit_file(cfg.split)
+        print(f"\n{folder} (wrote {written} and {written.with_suffix('.png')}):")
+        print(to_markdown(audit_table(Path(folder), split=cfg.split)), end="")
     print(f"\naudit of {len(out)} run(s) in {time.time() - start:.1f} s")
     return out
 

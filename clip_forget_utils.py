@@ -42,10 +42,12 @@ MAIN_COLUMNS = ["std", "full_Noforget", "cls_Noforget", "cls_forget", "full_forg
 GEN_COLUMNS = ["acc_val_hard", "acc_val_true_data"]
 NO_GEN_COLUMNS = ["acc_train"]
 NOT_STD_KEYS = ("summary", "final_results")  # keys of a class's log that are not noise levels
-AUDIT_FILE = "audit.json"  # written by audit.py
+AUDIT_FILE = "audit.json"  # written by audit.py (the test split; audit_val.json: the val split)
 # audit.py's figures of each audited model: column audit_<figure> for the unlearned model,
-# audit_<figure>_<model> for the models audited beside it (the original)
-AUDIT_FIGURES = ("name", "ensemble", "alias", "probe", "relearn_steps", "relearn_acc", "blast_mean", "blast_count")
+# audit_<figure>_<model> for the models audited beside it (the original, the oracle), and
+# audit_other_<dataset>[_<model>] for each other evaluated dataset
+AUDIT_FIGURES = ("name", "ensemble", "alias", "probe", "rest", "other", "relearn_steps", "relearn_acc", "blast_mean",
+                 "blast_count", "oracle_agreement")
 UNLEARNED = "unlearned"
 # backbone spellings -> the tag of the paper's reference file (reference/zeroshot_openai_<tag>.json)
 REFERENCE_TAGS = {"RN50": "RN50", "RN50-quickgelu": "RN50",
@@ -195,7 +197,7 @@ def _class_row(ds: str, name: str, class_log: dict, before: Before, gen_data: bo
 
 
 def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool = False, rn: bool = True,
-                   log_name: str = "logs.json") -> tuple[pd.DataFrame, str]:
+                   log_name: str = "logs.json", audit_split: str = "test") -> tuple[pd.DataFrame, str]:
     """One row per (dataset, forget class) of a run folder, and the text of its args.txt.
 
     Columns: ds, name, std, full_Noforget, cls_Noforget, cls_forget, full_forget, then
@@ -230,7 +232,7 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
 
     columns = KEY_COLUMNS + MAIN_COLUMNS + (GEN_COLUMNS if gen_data else NO_GEN_COLUMNS)
     extra = list(dict.fromkeys(k for row in rows for k in row if k not in columns))
-    audit = audit_columns(res_folder)
+    audit = audit_columns(res_folder, audit_split)
     audit_cols = list(dict.fromkeys(c for figures in audit.values() for c in figures))
     for row in rows:
         row.update(audit.get((row["ds"], row["name"]), {}))
@@ -241,9 +243,14 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
     return df, args_text
 
 
-def audit_columns(res_folder: str | Path) -> dict[tuple[str, str], dict[str, float]]:
-    """(ds, name) -> {audit column: value} from the run's audit.json ({} without one)."""
-    path = Path(res_folder) / AUDIT_FILE
+def audit_file(split: str) -> str:
+    """audit.json for the test split (what create_results reads), audit_<split>.json otherwise."""
+    return AUDIT_FILE if split == "test" else f"audit_{split}.json"
+
+
+def audit_columns(res_folder: str | Path, split: str = "test") -> dict[tuple[str, str], dict[str, float]]:
+    """(ds, name) -> {audit column: value} from the run's audit file ({} without one)."""
+    path = Path(res_folder) / audit_file(split)
     if not path.is_file():
         return {}
     audit = read_json(path)
@@ -256,6 +263,8 @@ def audit_columns(res_folder: str | Path) -> dict[tuple[str, str], dict[str, flo
             models.sort(key=lambda m: m != UNLEARNED)  # the unlearned model's columns first
             out[(ds, name)] = {f"audit_{f}" + ("" if m == UNLEARNED else f"_{m}"): _num(entry[m].get(f))
                                for m in models for f in AUDIT_FIGURES}
+            out[(ds, name)].update({f"audit_other_{d}" + ("" if m == UNLEARNED else f"_{m}"): _num(v)
+                                    for m in models for d, v in (entry[m].get("others") or {}).items()})
     return out
 
 
@@ -375,17 +384,18 @@ def _side_by_side(folders: Sequence[str | Path], frames: list[pd.DataFrame]) -> 
 # ---------------------------------------------------------------- methods compared over seeds
 
 ORIGINAL = "original"  # the model before unlearning, shown as one more method
+ORACLE = "oracle"  # the demo CLIP retrained without the class (audit.py --oracle), likewise
 COMPARE_AUDIT = ["audit_ensemble", "audit_alias", "audit_probe", "audit_relearn_steps", "audit_relearn_acc",
-                 "audit_blast_mean", "audit_blast_count"]
+                 "audit_blast_mean", "audit_blast_count", "audit_oracle_agreement"]
 
 
 def method_folders(dirs: Sequence[str | Path]) -> dict[str, list[Path]]:
     """label -> run folders: each DIR is a method's folder of seed_* folders, or one run folder; the label
-    is the method its args.txt names, or the folder where two DIRs share one."""
+    is the method its args.txt names, else (where two DIRs share one) the DIR's name, else the DIR."""
     folders = [seed_folders(d) for d in dirs]
-    labels = [run_label(f[0]) for f in folders]
-    if len(set(labels)) < len(labels) or ORIGINAL in labels:
-        labels = [str(d) for d in dirs]
+    for labels in ([run_label(f[0]) for f in folders], [Path(d).name for d in dirs], [str(d) for d in dirs]):
+        if len(set(labels)) == len(labels) and not {ORIGINAL, ORACLE} & set(labels):
+            break
     return dict(zip(labels, folders))
 
 
@@ -399,24 +409,35 @@ def method_runs(dirs: Sequence[str | Path], **create_results_kwargs: Any) -> pd.
             df = _scored(folder, **create_results_kwargs)
             df["seconds"] = [df.attrs["seconds"].get(k, math.nan) for k in zip(df["ds"], df["name"])]
             if i == 0:
-                frames.append(_original_rows(df).assign(method=ORIGINAL, seed=folder.name))
+                frames.append(_reference_rows(df, ORIGINAL).assign(method=ORIGINAL, seed=folder.name))
+                if f"audit_name_{ORACLE}" in df and df[f"audit_name_{ORACLE}"].notna().any():
+                    frames.append(_reference_rows(df, ORACLE).assign(method=ORACLE, seed=folder.name))
             frames.append(df.assign(method=label, seed=folder.name))
     runs = pd.concat(frames, ignore_index=True)
-    runs = runs.drop(columns=[c for c in runs.columns if c.startswith("audit_") and c.endswith(f"_{ORIGINAL}")])
+    runs = runs.drop(columns=[c for c in runs.columns if c.startswith("audit_") and c.endswith((f"_{ORIGINAL}",
+                                                                                                 f"_{ORACLE}"))])
     runs["lost_elsewhere"] = lost_elsewhere(runs)
     return runs[["method", "seed"] + [c for c in runs.columns if c not in ("method", "seed")]]
 
 
-def _original_rows(df: pd.DataFrame) -> pd.DataFrame:
+def _reference_rows(df: pd.DataFrame, ref: str) -> pd.DataFrame:
+    """A run's rows as the reference model `ref` scores them: the original (its 'after' figures are
+    the 'before' ones) or the oracle (its after figures are its audit's name, rest and other-dataset
+    accuracies); the audit columns are the reference's own."""
     o = df.copy()
-    o["cls_forget"], o["full_forget"] = o["cls_Noforget"], o["full_Noforget"]
-    for d in other_datasets(o):
-        o[f"res_{d}"] = o[f"full_{d}"]
+    if ref == ORIGINAL:
+        o["cls_forget"], o["full_forget"] = o["cls_Noforget"], o["full_Noforget"]
+        for d in other_datasets(o):
+            o[f"res_{d}"] = o[f"full_{d}"]
+    else:
+        o["cls_forget"], o["full_forget"] = o[f"audit_name_{ref}"], o[f"audit_rest_{ref}"]
+        for d in other_datasets(o):
+            o[f"res_{d}"] = o.get(f"audit_other_{d}_{ref}", math.nan)
     for c in GEN_COLUMNS + NO_GEN_COLUMNS + ["seconds"]:
         if c in o:
             o[c] = math.nan
-    for c in [c for c in o.columns if c.startswith("audit_") and not c.endswith(f"_{ORIGINAL}")]:
-        o[c] = o.get(f"{c}_{ORIGINAL}", math.nan)
+    for c in [c for c in o.columns if c.startswith("audit_") and not c.endswith((f"_{ORIGINAL}", f"_{ORACLE}"))]:
+        o[c] = o.get(f"{c}_{ref}", math.nan)
     return o.assign(score=compute_avg_gain(o))
 
 
@@ -496,17 +517,21 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-AUDIT_LEGEND = ("Forget-class accuracy on real test images, original -> unlearned model: name probe (the dataset's "
+AUDIT_LEGEND = ("Forget-class accuracy on real images, original -> unlearned model: name probe (the dataset's "
                 "template, the paper's figure), ensemble (every template), alias (the class named by its aliases), "
                 "linear probe (recall of a logistic regression on frozen image features: what the image tower "
-                "still knows), after relearn (after fine-tuning on a few real train images); relearn steps: until "
-                "the name accuracy is back at half the original's; blast: mean 1 - cos of the text embeddings of "
-                "prompts outside the run, how many moved more than the audit's blast_threshold, and the one that moved most.")
+                "still knows), after relearn (after fine-tuning on a few real train images); rest: the dataset's "
+                "other classes; other datasets: their mean accuracy; relearn steps: until the name accuracy is back "
+                "at half the original's; blast: mean 1 - cos of the text embeddings of prompts outside the run, how "
+                "many moved more than the audit's blast_threshold, and the one that moved most; oracle: the demo CLIP "
+                "retrained without the class (audit.py --oracle), and how often the unlearned model predicts what "
+                "it predicts on the class's images.")
 
 
-def audit_table(res_folder: str | Path, digits: int = 3) -> pd.DataFrame:
-    """A run's audit.json as a display table: per class, 'original -> unlearned' for each probe."""
-    audit = read_json(Path(res_folder) / AUDIT_FILE)
+def audit_table(res_folder: str | Path, digits: int = 3, split: str = "test") -> pd.DataFrame:
+    """A run's audit file as a display table: per class, 'original -> unlearned' for each probe
+    (and the oracle's figure, when it was audited)."""
+    audit = read_json(Path(res_folder) / audit_file(split))
 
     def fmt(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
@@ -515,11 +540,15 @@ def audit_table(res_folder: str | Path, digits: int = 3) -> pd.DataFrame:
         if ds == "settings" or not isinstance(classes, dict):
             continue
         for name, e in classes.items():
-            before, after = e[ORIGINAL], e[UNLEARNED]
+            before, after, oracle = e[ORIGINAL], e[UNLEARNED], e.get(ORACLE)
             row = {"ds": ds, "name": name, "changed": ", ".join(e.get("changed_towers", [])) or "nothing"}
             for f, label in (("name", "name probe"), ("ensemble", "ensemble"), ("alias", "alias"),
-                             ("probe", "linear probe"), ("relearn_acc", "after relearn")):
-                row[label] = f"{fmt(before[f])} → {fmt(after[f])}"
+                             ("probe", "linear probe"), ("rest", "rest"), ("other", "other datasets"),
+                             ("relearn_acc", "after relearn")):
+                row[label] = f"{fmt(before.get(f))} → {fmt(after.get(f))}" + \
+                    (f" (oracle {fmt(oracle.get(f))})" if oracle else "")
+            if oracle:
+                row["agrees with oracle"] = float(after["oracle_agreement"])
             steps = after["relearn_steps"]
             row["relearn steps"] = f">{len(after['relearn_curve']) - 1}" if steps is None else str(steps)
             row["blast 1-cos"] = float(after["blast_mean"])
@@ -651,7 +680,15 @@ def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--all_res", type=int, choices=[0, 1], default=1, help="as for a folder report")
     p.add_argument("--rn", type=int, choices=[0, 1], default=1, help="as for a folder report")
     p.add_argument("--digits", type=int, default=3, help="decimals in the table")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="test: the report (the paper's columns and audit.json); val: what methods and settings are "
+                        "chosen by, the audit's figures on the val split alone (audit_val.json, audit.py --split val)")
     return p.parse_args(argv)
+
+
+VAL_COLUMNS = ["audit_name", "audit_alias", "audit_ensemble", "audit_probe", "audit_rest", "audit_other",
+               "audit_relearn_steps", "audit_relearn_acc", "audit_blast_mean", "audit_blast_count",
+               "audit_oracle_agreement"]
 
 
 def compare_main(argv: Sequence[str]) -> pd.DataFrame:
@@ -662,7 +699,8 @@ def compare_main(argv: Sequence[str]) -> pd.DataFrame:
         parent = Path(os.path.commonpath(dirs))
     except ValueError:  # relative and absolute paths mixed
         parent = Path(os.path.commonpath([d.absolute() for d in dirs]))
-    out = Path(args.out) if args.out else (parent if len(dirs) > 1 else parent.parent) / "compare"
+    out = Path(args.out) if args.out else (parent if len(dirs) > 1 else parent.parent) / \
+        ("compare" if args.split == "test" else f"compare_{args.split}")
     problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
     for d in dirs:
         try:
@@ -671,16 +709,25 @@ def compare_main(argv: Sequence[str]) -> pd.DataFrame:
         except UserError as e:
             problems.append(str(e))
     check_all(problems + check_writable(out.parent))
-    kwargs = dict(gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn))
-    runs = method_runs(dirs, **kwargs)
+    kwargs = dict(gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn), audit_split=args.split)
     agg = compare_methods(dirs, **kwargs)
+    if args.split != "test":  # only the audit's figures on that split: the paper's columns are test figures
+        text = (f"# Methods compared on the {args.split} split: {', '.join(map(str, dirs))}\n\nMean ± std over "
+                f"seeds (n_seeds) of the audit's figures on the {args.split} split (audit.py --split {args.split}): "
+                f"what methods and settings are chosen by; the test split reports them.\n{AUDIT_LEGEND}\n\n"
+                + mean_std_markdown(agg, VAL_COLUMNS, args.digits))
+        atomic_write_text(out.with_suffix(".md"), text)
+        print(text + f"\nwrote {out.with_suffix('.md')}")
+        return agg
+    runs = method_runs(dirs, **kwargs)
     columns = ["cls_forget", "full_forget", *(f"res_{d}" for d in other_datasets(runs)), *GEN_COLUMNS,
                *NO_GEN_COLUMNS, *COMPARE_AUDIT, "lost_elsewhere", "score", "seconds"]
     text = (f"# Methods compared: {', '.join(map(str, dirs))}\n\nMean ± std over seeds (n_seeds). 'original': "
             "the model before unlearning (its 'after' figures are the before ones). cls_forget: forget-class "
             "accuracy on real test images; full_forget: the rest of its dataset; res_D: dataset D; "
             "lost_elsewhere: mean relative drop of those; score: the paper's (lower is better); seconds: "
-            f"unlearning + evaluation per class.\n{AUDIT_LEGEND}\n\n"
+            "unlearning + evaluation per class. 'oracle' (with audit.py --oracle): the demo CLIP retrained without "
+            f"the class.\n{AUDIT_LEGEND}\n\n"
             + mean_std_markdown(agg, columns, args.digits))
     atomic_write_text(out.with_suffix(".md"), text)
     plot_tradeoff(runs, out.with_suffix(".png"))

@@ -66,11 +66,11 @@ class DatagenConfig:
         "(shift, scale, blur, noise); 0 = off")})
 
 
-# datagen.py --method: the sets train.py's methods read. improved: forget sets with --accept_margin 30, a
+# datagen.py --method: the sets train.py's methods read. confident: forget sets with --accept_margin 30, a
 # held-out set (another noise seed) for a stop rule and, on request, retain sets of every class
 PRESETS: dict[str, dict] = {
     "faithful": {},
-    "improved": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_improved",
+    "confident": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_confident",
                  "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 0, "retain_seed_offset": 2000},
 }
 
@@ -317,11 +317,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
     g = p.add_argument_group("beyond the paper (off by default)")
     g.add_argument("--method", default="faithful", choices=list(PRESETS),
-                   help="'improved': the sets of 'train.py --method improved', in <out_dir> (default "
-                        "generated_<ARCH>_improved): the forget sets with --accept_margin 30, and heldout/ (32 per "
+                   help="'confident': the sets that train.py's image-side methods read (hinge, neggrad, projedit "
+                        "--side image; README 'Methods'), in <out_dir> (default generated_<ARCH>_confident): the forget sets with --accept_margin 30, and heldout/ (32 per "
                         "class, another noise seed); with --retain_per_class also retain/")
     g.add_argument("--retain_per_class", type=int, default=None,
-                   help="with --method improved: also make retain/, this many images of every class of the forget "
+                   help="with --method confident: also make retain/, this many images of every class of the forget "
                         "classes' datasets (another noise seed), for train.py's retain terms (default: 0 = none)")
     g.add_argument("--noise_seed", type=int, default=None,
                    help="seed of the starting noise only (default: --seed); a held-out set needs another one")
@@ -344,7 +344,7 @@ def validate(args: argparse.Namespace) -> tuple[dict, list]:
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.retain_per_class is not None and args.method == "faithful":
-        problems.append("--retain_per_class needs --method improved")
+        problems.append("--retain_per_class needs --method confident")
     elif args.retain_per_class is not None and args.retain_per_class < 0:
         problems.append(f"--retain_per_class must be at least 0, got {args.retain_per_class}")
     for name in ("lr", "blur_sigma"):
@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 def preset_sets(argv: list[str], args: argparse.Namespace) -> list[dict]:
-    """datagen.py --method improved: the forget sets, then the held-out and retain sets, each a plain
+    """datagen.py --method confident: the forget sets, then the held-out and retain sets, each a plain
     datagen run (the user's options win over the preset's, except the folders and sizes of the
     held-out and retain sets)."""
     from copy import copy

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 STAGES = ("datagen", "train")  # synthetic sets first, then the unlearning runs that need them
 SCRIPTS = {"datagen": "datagen.py", "train": "train.py"}
-SWEEP_KEYS = ("name", "backbones", "datasets", "classes", "seeds", "options", "datagen", "methods", "slurm")
+SWEEP_KEYS = ("name", "backbones", "datasets", "classes", "seeds", "options", "datagen", "methods", "audit", "slurm")
+AUDIT_KEYS = ("splits", "oracle")  # the sweep file's audit: {splits: [test, val], oracle: true}
 OPTION_GROUPS = ("all", "datagen", "train")  # options.all goes to both scripts
 # options the sweep sets itself on every job (identity and folders)
 OWNED = ("backbone_arch", "run_ds", "forget_labels", "seed", "out_dir", "output_dir", "generated_dir")
@@ -87,6 +88,7 @@ class Sweep:
     datagen: dict[str, dict]  # setting -> datagen.py options
     methods: dict[str, Method]
     slurm: dict  # sbatch settings (SLURM_DEFAULTS, the file's 'slurm', the command line)
+    audit: dict | None = None  # the report audits every run folder first (audit.py): {splits, oracle}
 
 
 def option_args(options: dict) -> list[str]:
@@ -147,6 +149,13 @@ def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
                         *((f"datagen.{s}", o) for s, o in settings.items()),
                         *((f"methods.{m}.train", o.train) for m, o in methods.items())]:
         problems += [f"{where}: --{k} is set by the sweep for every job" for k in opts if k in OWNED]
+    audit = raw.get("audit")
+    if audit is not None:
+        audit = {"splits": ["test"], "oracle": False, **(audit if isinstance(audit, dict) else {})}
+        problems += [f"audit.{k}: unknown{close_names(k, AUDIT_KEYS)} (known: {', '.join(AUDIT_KEYS)})"
+                     for k in audit if k not in AUDIT_KEYS]
+        audit["splits"] = [str(x) for x in _as_list(audit.get("splits"))]
+        problems += [f"audit.splits: '{x}' is not test or val" for x in audit["splits"] if x not in ("test", "val")]
     slurm = raw.get("slurm") or {}
     problems += [f"slurm.{k}: unknown{close_names(k, SLURM_DEFAULTS)} (known: {', '.join(SLURM_DEFAULTS)})"
                  for k in slurm if k not in SLURM_DEFAULTS]
@@ -156,7 +165,7 @@ def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
     datasets, classes, class_problems = _classes(raw.get("classes", "default"), datasets,
                                                  options["all"].get("data_root") or default_data_root(), check_data)
     sweep = Sweep(name, path, backbones, tags, datasets, classes, seeds, options, settings, methods,
-                  {**SLURM_DEFAULTS, **slurm})
+                  {**SLURM_DEFAULTS, **slurm}, audit)
     check_all([f"{path}: {p}" for p in model_problems + class_problems + _parser_problems(sweep)])
     return sweep
 
@@ -659,9 +668,34 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return classes, methods
 
 
+def audit_runs(sweep: Sweep, root: Path) -> list[str]:
+    """With the sweep file's `audit`: audit.py on every run folder with a finished class, for each split
+    (resumable: classes already audited are skipped), then the methods compared (compare[_val]_<backbone>.md,
+    with the audit's columns and, with the oracle, the retrained model as one more row). Returns the
+    comparison files written."""
+    from audit import main as audit_main
+    from clip_forget_utils import compare_main
+    written = []
+    for tag in sweep.tags:
+        dirs = [run_folder(root, tag, m, 0).parent for m in sweep.methods
+                if any(finished_classes(run_folder(root, tag, m, s)) for s in sweep.seeds)]
+        folders = [run_folder(root, tag, m, s) for m in sweep.methods for s in sweep.seeds
+                   if finished_classes(run_folder(root, tag, m, s))]
+        if not folders:
+            continue
+        for split in sweep.audit["splits"]:
+            audit_main([*map(str, folders), "--split", split, *(["--oracle"] if sweep.audit["oracle"] else [])])
+            out = root / (f"compare_{tag}" if split == "test" else f"compare_{split}_{tag}")
+            compare_main([*map(str, dirs), "--split", split, "--out", str(out)])
+            written.append(out.with_suffix(".md").name)
+    return written
+
+
 def report(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write report.csv (per class), report_methods.csv, report.md and report.png next to the results."""
+    """Write report.csv (per class), report_methods.csv, report.md and report.png next to the results
+    (and, with the sweep file's `audit`, the audit of every run and the methods compared)."""
     from clip_forget_utils import to_markdown
+    compared = audit_runs(sweep, root) if sweep.audit else []
     classes, methods = collect(sweep, root)
     n_runs = len(expand_train(sweep, root))
     n_done = int(classes.n_seeds.sum())
@@ -672,7 +706,8 @@ def report(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "the mean over classes: forget = the forget class's test accuracy, rest = the other classes of its "
             "dataset, other = the other datasets (each: before -> after unlearning); score: the paper's "
             "(lower is better).\n\n" + to_markdown(table) +
-            "\n## Per class (mean ± std over seeds)\n\n" + to_markdown(class_table))
+            "\n## Per class (mean ± std over seeds)\n\n" + to_markdown(class_table)
+            + (f"\nThe forgetting audit of every run, per class and method: {', '.join(compared)}.\n" if compared else ""))
     atomic_write_text(root / "report.md", text)
     _atomic(root / "report.csv", lambda p: classes.to_csv(p, index=False))
     _atomic(root / "report_methods.csv", lambda p: methods.to_csv(p, index=False))

@@ -354,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             model=lm.model, tokenizer=lm.tokenizer, classnames=ds.classnames, template=ds.template, class_index=idx,
             templates=list(ds.templates),
             images=x, caption=CAPTION.format(classname),
-            other_prompts=[o.prompt(c) for o in run.values() if o is not ds for c in o.classnames],
+            # every other dataset the run evaluates (--run_ds and --eval_ds): names only, no image
+            other_prompts=[o.prompt(c) for o in datasets.values() if o is not ds for c in o.classnames],
             syn_accuracy=(lambda: evaluator.accuracy(x, idx, evaluator.weights(ds_name, text_changed=True)))
             if x is not None else (lambda: math.nan),
             # every draw of the method on the run's device, seeded per class: a class's result does not

@@ -8,7 +8,7 @@ A method is a module of this package with
     Config                          # a dataclass: every default of the method; each field is a train.py option
     unlearn(task: ForgetTask, cfg: Config) -> MethodResult
 and optionally
-    side_sets(cfg) -> list[str]     # other synthetic sets it reads: "heldout", "retain" (datagen.py --method improved)
+    side_sets(cfg) -> list[str]     # other synthetic sets it reads: "heldout", "retain" (datagen.py --method confident)
     check(cfg) -> list[str]         # problems with the options, one line each
 
 A method may change `task.model` while it runs but hands it back exactly as it found it: the result
@@ -40,7 +40,7 @@ class ForgetTask:
     class_index: int
     images: torch.Tensor | None  # model-ready forget images; None for methods that need none
     caption: str  # the paper's caption of every forget image: "A picture of {class}"
-    other_prompts: list[str]  # the class prompts of the run's other datasets (to keep)
+    other_prompts: list[str]  # the class prompts of the other datasets the run evaluates (to keep)
     syn_accuracy: Callable[[], float]  # zero-shot accuracy of the current model on `images` (the paper's watch)
     generator: torch.Generator  # every random draw on the model's device (seeded with `seed`)
     seed: int = 0  # the class's seed, for draws a method makes on the CPU

@@ -14,7 +14,7 @@ tensors the loss does not need). Options, all measured on the demo world (README
   0.1" is reached long before real images are forgotten);
 - objective lipschitz+hinge: the paper's loss at its first noise level, plus the hinge;
 - augment: re-augment the forget images every step (shift, scale, noise).
-Data: synthetic forget images (+ held-out and retain sets from `datagen.py --method improved`).
+Data: synthetic forget images (+ held-out and retain sets from `datagen.py --method confident`).
 """
 from __future__ import annotations
 

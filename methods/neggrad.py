@@ -5,7 +5,7 @@ CVPR 2020, "Eternal sunshine of the spotless net", the fine-tune/negative-gradie
 Namboodiri, WACV 2025, compare against it in §4). For CLIP the loss is the image->text contrastive
 loss over the forget class's dataset: the cross-entropy of the zero-shot logits of the forget images
 against every class prompt (at logit scale `scale`: at the evaluation scale 100 the confident
-synthetic images of `datagen.py --method improved` have a cross-entropy of exactly 0 in float32,
+synthetic images of `datagen.py --method confident` have a cross-entropy of exactly 0 in float32,
 hence no gradient), the forget class's prompt being their caption. With
 `retain_weight` > 0 the same loss is *minimised* on synthetic images of the dataset's other classes
 (their own class prompts), weighted by retain_weight ("NegGrad+", Kurmanji et al., NeurIPS 2023).
@@ -16,7 +16,7 @@ random batch of forget images per step, until the accuracy on the forget images 
 `min_train_acc_stop` (--stop acc) or, with --stop margin, until at most `stop_frac` of a held-out
 synthetic set (another noise seed) still has the forget logit within `stop_margin` of the best other
 class (methods.hinge.heldout_rule), or after `max_steps`. Ascent is unbounded: the stop rule ends it.
-Data: synthetic forget images (+ retain sets from `datagen.py --method improved --retain_per_class N`).
+Data: synthetic forget images (+ retain sets from `datagen.py --method confident --retain_per_class N`).
 """
 from __future__ import annotations
 

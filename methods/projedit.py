@@ -31,7 +31,7 @@ Sides (`side`):
   tokenizer's vocabulary in its templates (methods.base.unrelated_words: no word of an ImageNet
   class name, which the audit's blast radius uses);
 - image: forget = the synthetic forget images' features; hard keep = synthetic images of the
-  dataset's other classes (`datagen.py --method improved --retain_per_class N`); no soft set;
+  dataset's other classes (`datagen.py --method confident --retain_per_class N`); no soft set;
 - both: the two edits, each computed on the original model.
 Targets (`target`, in the projection's output space): mean (default: the mean output of the
 dataset's other classes, their zero-shot prompts on the text side, the retain images on the image

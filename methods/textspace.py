@@ -13,7 +13,7 @@ own prompt's original embedding. Loss (logits at the evaluation scale 100, hinge
 - no theft: its logit on each other class's proxy must stay `margin` below that class's own logit,
   so the moved prompt does not take another class's images;
 - keep (x `keep_weight`): |e - e_0|^2 / 2 (= 1 - cos) of every other class prompt of the dataset
-  (every template), of the run's other datasets, and of a batch of `n_unrelated` unrelated prompts
+  (every template), of the other datasets the run evaluates, and of a batch of `n_unrelated` unrelated prompts
   (words of the tokenizer's vocabulary, never an ImageNet class name's word: methods.base.unrelated_words;
   the audit measures the blast radius on those, so they must not be trained on).
 What adapts (`adapt`):
@@ -26,8 +26,9 @@ What adapts (`adapt`):
 - blocks+proj: both.
 The adapter is merged into the base weights for the result (changed tensors by the original
 state_dict names) and removed: the model is handed back with its own modules and values.
-Adam until every hinge is satisfied or `max_steps`. Nothing of the image tower changes, so an
-image-side probe (linear probe, alias prompts) still finds the class.
+Adam until every hinge is satisfied or `max_steps`. Nothing of the image tower changes, so a linear
+probe on image features still finds the class (on the demo, alias prompts move with the name's: the
+projection is shared by every prompt).
 Data: none besides the class names and templates.
 """
 from __future__ import annotations

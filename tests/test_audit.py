@@ -168,8 +168,12 @@ def test_audit_of_a_run_folder(demo_run, data_root, capsys):
     assert classes and all(c in saved[d] for d, c in classes)
     for d, c in classes:
         e = saved[d][c]
-        assert e["unlearned"]["name"] == pytest.approx(logs[d][c]["final_results"][d][c]["cls_acc_test"])
+        final = logs[d][c]["final_results"]
+        assert e["unlearned"]["name"] == pytest.approx(final[d][c]["cls_acc_test"])
         assert e["original"]["name"] == pytest.approx(before[d][c]["cls_acc_test"])
+        # the rest of its dataset and the other datasets, measured again by the audit, as train.py measured them
+        assert e["unlearned"]["rest"] == pytest.approx(final[d][c]["no_cls_acc"])
+        assert e["unlearned"]["others"] == pytest.approx({o: v["all"]["all_ds"] for o, v in final.items() if o != d})
         assert sorted(e["changed_towers"]) == sorted({"image" if n.startswith("visual.") else "text"
                                                       for n in logs[d][c]["summary"]["changed_tensors"]})
     with __import__("PIL").Image.open(out / "audit.png") as im:
@@ -249,3 +253,46 @@ def test_token_report_on_the_demo_matches_the_token_rows(demo, demo_datasets):
     for r in audit.token_report(demo.tokenizer, classnames, templates, forget):
         expected = own_tokens(demo, demo_datasets, r["ds"], r["name"])
         assert sorted(r["token_ids"]) == expected
+
+
+def test_val_split_audit_measures_the_class_on_its_validation_images(demo_run, data_root):
+    """audit.py --split val (what methods are chosen by) writes audit_val.json; its name probe of the
+    unlearned model is the class's real val accuracy that train.py logs (acc_val_true_data)."""
+    out, logs = demo_run
+    audit.main([str(out), "--split", "val", "--relearn_steps", "2", "--device", "cpu", "--data_root", data_root])
+    saved = json.loads((out / "audit_val.json").read_text())
+    assert saved["settings"]["split"] == "val" and (out / "audit_val.png").is_file()
+    for d in (d for d in logs if d != "settings"):
+        for c, log in logs[d].items():
+            assert saved[d][c]["unlearned"]["name"] == pytest.approx(log["final_results"][d][c]["acc_val_true_data"])
+
+
+def test_oracle_column_comes_from_the_retrained_weights(demo_run, data_root, tmp_path):
+    """audit.py --oracle audits the demo CLIP retrained without the class beside the unlearned model:
+    its figures are the retrained model's own (measured here directly), not the original's."""
+    import shutil
+
+    from datasets import build_dataset
+    from models import load_demo_oracle
+    from zeroshot import class_figures, classifier_weights, loader, predict
+    out, logs = demo_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.rmtree(run / "models" / "Digits")  # one class is enough: the Shapes forget class
+    (run / "logs.json").write_text(json.dumps({k: v for k, v in logs.items() if k != "Digits"}))
+    cls = FORGET_CLASSES["Shapes"][0]
+    audit.main([str(run), "--oracle", "--redo", "--relearn_steps", "2", "--device", "cpu", "--data_root", data_root])
+    e = json.loads((run / "audit.json").read_text())["Shapes"][cls]
+    oracle = load_demo_oracle([("Shapes", cls)], "cpu", data_root)
+    shapes = build_dataset("Shapes", data_root)
+    idx = shapes.classnames.index(cls)
+    direct = class_figures(*predict(oracle.model, loader(shapes.test, oracle.preprocess, "cpu"),
+                                    classifier_weights(oracle, shapes, "cpu"), "cpu"), idx)
+    assert e["oracle"]["name"] == pytest.approx(direct["cls_acc_test"])
+    assert e["oracle"]["rest"] == pytest.approx(direct["no_cls_acc"])
+    assert e["oracle"]["name"] < e["original"]["name"] - 0.5  # it never saw the class
+    agree = sum(a == b for a, b in zip(e["unlearned"]["forget_preds"], e["oracle"]["forget_preds"]))
+    assert e["unlearned"]["oracle_agreement"] == pytest.approx(agree / len(e["oracle"]["forget_preds"]))
+    from clip_forget_utils import create_results
+    df, _ = create_results(run, all_res=True)
+    assert df.set_index("name").loc[cls, "audit_name_oracle"] == pytest.approx(direct["cls_acc_test"])

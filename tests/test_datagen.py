@@ -325,22 +325,22 @@ def star_sets(tmp_path_factory, data_root, shapes):
     return root / "gen"
 
 
-def test_datagen_improved_makes_forget_and_heldout_sets_and_retain_on_request(tmp_path, data_root, shapes):
+def test_datagen_confident_makes_forget_and_heldout_sets_and_retain_on_request(tmp_path, data_root, shapes):
     from synthetic import read_synthetic
     fast = ["--accept_margin", "2", "--max_steps", "30", "--n_generated", "3", "--high_prob", "0.5", "--max_failed", "2"]
-    _datagen(tmp_path, data_root, tmp_path / "a", "--method", "improved", *fast)
+    _datagen(tmp_path, data_root, tmp_path / "a", "--method", "confident", *fast)
     forget, held = read_synthetic(tmp_path / "a" / "Shapes" / "red star.pt"), \
         read_synthetic(tmp_path / "a" / "heldout" / "Shapes" / "red star.pt")
     assert forget["meta"]["config"]["accept_margin"] == 2.0  # the user's option wins over the preset's 30
     import datagen
-    assert len(forget["images"]) == 3 and len(held["images"]) == datagen.PRESETS["improved"]["heldout_n"]
+    assert len(forget["images"]) == 3 and len(held["images"]) == datagen.PRESETS["confident"]["heldout_n"]
     assert noise_seed(held["meta"]) != noise_seed(forget["meta"])
     assert not (tmp_path / "a" / "retain").exists()
-    _datagen(tmp_path, data_root, tmp_path / "b", "--method", "improved", "--retain_per_class", "2", *fast)
+    _datagen(tmp_path, data_root, tmp_path / "b", "--method", "confident", "--retain_per_class", "2", *fast)
     retain = sorted(p.stem for p in (tmp_path / "b" / "retain" / "Shapes").glob("*.pt"))
     assert retain == sorted(shapes.classnames)
     from common import UserError
-    with pytest.raises(UserError, match="--retain_per_class needs --method improved"):
+    with pytest.raises(UserError, match="--retain_per_class needs --method confident"):
         _datagen(tmp_path, data_root, tmp_path / "c", "--retain_per_class", "2")
 
 

@@ -42,7 +42,7 @@ def test_every_method_has_the_interface_and_its_options_reach_only_it():
     # presets: the preset's values over the method's defaults, the command line over both;
     # configs/archs settings are the paper's per-backbone settings and reach only lipschitz
     mod, cfg, _ = methods.configure("improved", train.parse_args(["--max_steps", "3"]), {"lr": 1.0})
-    assert mod.NAME == "hinge" and cfg.towers == "token" and cfg.lr == 2e-3 and cfg.max_steps == 3
+    assert mod.NAME == "textspace" and cfg == mod.Config(max_steps=3)
     _, cfg, _ = methods.configure("faithful", train.parse_args([]), {"lr": 1e-3})
     assert cfg == methods.METHODS["lipschitz"].Config(lr=1e-3)
     with pytest.raises(UserError, match="did you mean: hinge"):
@@ -223,17 +223,30 @@ def _train(tmp_path, data_root, gen, out, *extra):
                        "--device", "cpu", "--seed", "0", *extra])
 
 
-def test_improved_preset_runs_with_its_side_sets(tmp_path, data_root, shape_sets):
-    logs = _train(tmp_path, data_root, shape_sets, "improved", "--method", "improved", "--max_steps", "3")
+def test_improved_preset_forgets_a_shared_token_class_without_images(tmp_path, data_root):
+    """--method improved (textspace, chosen on the val split) needs no synthetic set and forgets 'red star',
+    whose every token other classes use, on its real test images, keeping its dataset and the other one."""
+    logs = _train(tmp_path, data_root, tmp_path / "no_synthetic_set", "improved", "--method", "improved",
+                  "--eval_ds", "Shapes,Digits")
+    s = logs["Shapes"][SHAPE]["summary"]
+    assert s["status"] == "done" and s["changed_tensors"] == ["text_projection"]
+    before = json.loads((tmp_path / "improved" / "zeroshot_before.json").read_text())
+    after = logs["Shapes"][SHAPE]["final_results"]
+    assert before["Shapes"][SHAPE]["cls_acc_test"] > 0.9 and after["Shapes"][SHAPE]["cls_acc_test"] <= 0.10
+    assert after["Shapes"][SHAPE]["no_cls_acc"] >= before["Shapes"][SHAPE]["no_cls_acc"] - 0.03
+    assert after["Digits"]["all"]["all_ds"] >= before["Digits"]["zero"]["full_acc"] - 0.01
+    settings = json.loads((tmp_path / "improved" / "args.txt").read_text())
+    assert settings["method"] == "improved" and settings["method_config"]["adapt"] == "proj"
+
+
+def test_hinge_reads_its_side_sets(tmp_path, data_root, shape_sets):
+    logs = _train(tmp_path, data_root, shape_sets, "hinge", "--method", "hinge", "--stop", "margin", "--max_steps", "3")
     s = logs["Shapes"][SHAPE]["summary"]
     assert s["status"] == "done" and 1 <= s["steps"] <= 3 and len(s["trace"]) == s["steps"]
-    assert s["changed_tensors"] == ["token_embedding.weight"]
-    assert all(t["retain"] == 0 for t in s["trace"])  # the preset has no retain term ...
-    settings = json.loads((tmp_path / "improved" / "args.txt").read_text())
-    assert settings["method_config"]["towers"] == "token" and settings["method_config"]["stop"] == "margin"
+    assert all(t["retain"] == 0 for t in s["trace"])  # no retain term by default ...
     # ... an explicit --retain_weight adds it, read from the retain sets, and drifts from 0 after the first step
-    logs = _train(tmp_path, data_root, shape_sets, "retain", "--method", "improved", "--towers", "text", "--lr", "2e-4",
-                  "--retain_weight", "1", "--max_steps", "3", "--stop_margin", "1000")
+    logs = _train(tmp_path, data_root, shape_sets, "retain", "--method", "hinge", "--towers", "text", "--lr", "2e-4",
+                  "--retain_weight", "1", "--stop", "margin", "--max_steps", "3", "--stop_margin", "1000")
     trace = logs["Shapes"][SHAPE]["summary"]["trace"]
     assert trace[0]["retain"] == 0 and trace[-1]["retain"] > 0
 

@@ -77,7 +77,7 @@ def reference(tiny_file, tmp_path_factory) -> tuple[Path, str]:
 def test_expansion_makes_each_synthetic_set_once_and_shares_it(tmp_path):
     spec = {"name": "x", "backbones": ["demo", "RN50"], "datasets": ["Digits", "Shapes"], "seeds": [0, 1],
             "options": {"train": {"n_samples": 5}},
-            "datagen": {"s1": {"high_prob": 0.7}, "s2": {"method": "improved"}, "unused": {}},
+            "datagen": {"s1": {"high_prob": 0.7}, "s2": {"method": "confident"}, "unused": {}},
             "methods": {"m1": {"datagen": "s1"}, "m2": {"datagen": "s1", "train": {"n_samples": 7}},
                         "m3": {"datagen": "s2", "train": {"method": "improved"}}, "m4": {"datagen": None}}}
     sw = sweep.load_sweep(write_sweep(tmp_path, spec))
