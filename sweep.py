@@ -156,6 +156,10 @@ def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
                      for k in audit if k not in AUDIT_KEYS]
         audit["splits"] = [str(x) for x in _as_list(audit.get("splits"))]
         problems += [f"audit.splits: '{x}' is not test or val" for x in audit["splits"] if x not in ("test", "val")]
+        unsaved = [m for m, o in methods.items() if not {**options["all"], **options["train"], **o.train}.get(
+            "save_best_model")]
+        if unsaved:
+            problems.append("audit: the audit reads the unlearned models; set options: {train: {save_best_model: 1}}")
     slurm = raw.get("slurm") or {}
     problems += [f"slurm.{k}: unknown{close_names(k, SLURM_DEFAULTS)} (known: {', '.join(SLURM_DEFAULTS)})"
                  for k in slurm if k not in SLURM_DEFAULTS]

@@ -243,3 +243,46 @@ def test_textspace_and_projedit_run_without_images_and_save_a_loadable_delta(tmp
         saved = torch.load(delta, weights_only=True)["changed"]
         rebuilt = load_model("demo", pretrained=str(delta), data_root=data_root).model.state_dict()
         assert all(torch.equal(rebuilt[n], t) for n, t in saved.items())
+
+
+def test_improved_preset_runs_on_every_paper_forget_class():
+    """--method improved on the paper's 12 forget classes, with open_clip's RN50 tokenizer and each
+    dataset's class names (the published zero-shot file's): it must not depend on the name having
+    tokens of its own (4 of the 12 have none). The model is a tiny open_clip CLIP with random weights
+    and the tokenizer's vocabulary (no download): what is checked is that it runs and moves the class."""
+    import json
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from datasets import dataset_config
+    from datasets.base import ensemble_templates
+    from audit import REPO
+    from methods.base import ForgetTask
+    torch.manual_seed(0)
+    model = CLIP(16, CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=32),
+                 CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)).eval()
+    tok = open_clip.get_tokenizer("RN50-quickgelu")
+    ref = json.loads((REPO / "reference" / "zeroshot_openai_RN50.json").read_text())
+    mod, cfg, problems = methods.configure("improved", __import__("train").parse_args(
+        ["--max_steps", "2", "--n_unrelated", "64", "--unrelated_batch", "32"]), {})
+    assert problems == [] and mod is textspace
+    visual = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    paper = [(d, c) for d in ref for c in FORGET_CLASSES[d]]
+    assert len(paper) == 12
+    for d, c in paper:
+        cfg_d = dataset_config(d)
+        names = [c, *[n for n in ref[d] if n != c][:11]]  # its dataset's class names (a dozen: speed)
+        other = [dataset_config(o).template.format(n) for o in ref if o != d for n in list(ref[o])[:8]]
+        task = ForgetTask(model=model, tokenizer=tok, classnames=names, template=cfg_d.template,
+                          class_index=names.index(c), images=None, caption=f"A picture of {c}", other_prompts=other,
+                          syn_accuracy=lambda: float("nan"), generator=torch.Generator().manual_seed(0),
+                          templates=ensemble_templates(cfg_d))
+        with torch.no_grad():
+            before = text_embeddings(model, task.tokens([task.prompts[task.class_index]]))
+        result = mod.unlearn(task, cfg)
+        assert sorted(result.changed) == ["text_projection"], (d, c)
+        assert torch.isfinite(result.changed["text_projection"]).all()
+        moved = applied(copy.deepcopy(model), result.changed)
+        with torch.no_grad():
+            after = text_embeddings(moved, task.tokens([task.prompts[task.class_index]]))
+        assert not torch.allclose(before, after), (d, c)
+    assert all(torch.equal(v, visual[k]) for k, v in model.visual.state_dict().items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 import sweep
-from common import REPO, run_cli
+from common import REPO, UserError, run_cli
 from forget_cls import FORGET_CLASSES
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -29,7 +30,7 @@ CLASS = FORGET_CLASSES["Digits"][0]
 SHAPE = FORGET_CLASSES["Shapes"][0]
 # two methods train on the same synthetic set: it must be made once per seed
 TINY = {"name": "tiny", "backbones": ["demo"], "datasets": ["Digits", "Shapes"], "classes": {"Digits": [CLASS]},
-        "seeds": [0, 1], "options": {"datagen": {"n_generated": 8}, "train": {"max_epochs": 2}},
+        "seeds": [0, 1], "options": {"datagen": {"n_generated": 8}, "train": {"max_epochs": 2, "save_best_model": 1}},
         "datagen": {"base": {}}, "methods": {"a": {"datagen": "base", "train": {"n_samples": 2}},
                                               "b": {"datagen": "base", "train": {"n_samples": 3}}}}
 REPORT_FILES = ("report.csv", "report_methods.csv", "report.md")
@@ -346,3 +347,30 @@ def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     sweep.main(["status", str(root)])
     shown = capsys.readouterr().out
     assert "5 jobs: done 2, failed 3" in shown and f"log: {jobs['bad'].log}" in shown
+
+
+def test_report_audits_every_run_when_the_sweep_file_asks(reference, tmp_path):
+    """audit: {splits: [test, val]} in the sweep file: the report runs audit.py on every run folder
+    (audit.json, audit_val.json) and writes the methods compared per split; the audit's name probe on
+    the test split is the class's test accuracy that train.py logged."""
+    root = tmp_path / "tiny"
+    shutil.copytree(reference[0], root)
+    sw = sweep.load_sweep(write_sweep(tmp_path, {**TINY, "audit": {"splits": ["test", "val"]}}))
+    assert sw.audit == {"splits": ["test", "val"], "oracle": False}
+    sweep.report(sw, root)
+    assert (root / "compare_demo.md").is_file() and (root / "compare_val_demo.md").is_file()
+    assert "compare_demo.md, compare_val_demo.md" in (root / "report.md").read_text()
+    for m in ("a", "b"):
+        for s in TINY["seeds"]:
+            run = root / "demo" / m / f"seed_{s}"
+            logged = json.loads((run / "logs.json").read_text())["Digits"][CLASS]["final_results"]
+            audited = json.loads((run / "audit.json").read_text())["Digits"][CLASS]
+            assert audited["unlearned"]["name"] == pytest.approx(logged["Digits"][CLASS]["cls_acc_test"], abs=1e-6)
+            assert CLASS in json.loads((run / "audit_val.json").read_text())["Digits"]
+    assert "| a |" in (root / "compare_val_demo.md").read_text()
+    bad = write_sweep(tmp_path, {**TINY, "audit": {"split": ["val"]}}, "bad.yaml")
+    with pytest.raises(UserError, match=r"audit.split: unknown; did you mean: splits\?"):
+        sweep.load_sweep(bad)
+    unsaved = write_sweep(tmp_path, {**TINY, "options": {}, "audit": {}}, "unsaved.yaml")
+    with pytest.raises(UserError, match=r"audit: the audit reads the unlearned models; set options: "):
+        sweep.load_sweep(unsaved)
