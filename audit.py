@@ -18,11 +18,16 @@ the unlearned model (the original + the class's saved changed tensors) and the o
             (0 if it already is; None if not within the budget), accuracy after the budget, the curve;
 - blast     text embeddings of >= 1,000 prompts outside the run (open_clip's ImageNet class names in
             a template, minus any prompt of the run's datasets): mean 1 - cos against the original
-            model, and how many moved more than AuditConfig.blast_threshold.
+            model, and how many moved more than AuditConfig.blast_threshold;
+- rest, other  accuracy on the dataset's other classes, and on each other dataset the run evaluates;
+- oracle    (--oracle, demo world) the demo CLIP retrained without the class (models.load_demo_oracle),
+            audited the same way, and how often the unlearned model predicts what it predicts on the
+            class's images (oracle_agreement).
+--split val measures every figure on the val split instead (audit_val.json, audit_val.png): what
+methods and settings are chosen by, so that the test split only reports them.
 
 A tower the class's changed tensors leave alone is never recomputed: the original's features (or
 text embeddings) are reused, so "unchanged" gives identical figures and a blast radius of exactly 0.
-The other datasets' accuracy is in logs.json already (res_D columns).
 
 Output, per run folder: `audit.json` (rewritten atomically after every class; a rerun skips classes
 already audited with the same settings and the same model file) and `audit.png`; the table is

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The GPU check: on a CUDA machine with no model weights and no datasets, in about 5 minutes,
-#   1. the demo pipeline on the GPU: synthetic sets, unlearning (the paper's method and the
-#      improved preset), the forgetting audit and the comparison table;
+#   1. the demo pipeline on the GPU: synthetic sets, unlearning (the paper's method, the improved
+#      preset and an image-side method with its side sets), the forgetting audit and the comparison;
 #   2. open_clip's RN50 and ViT-B/16 with random weights at 224 px: synthesis, and two unlearning
 #      epochs on real images each (the real architectures' CUDA path: devices, generators, memory);
 #   3. the speed benchmarks on the GPU (ours against a naive reference-style loop), fp32 / tf32 / bf16.
@@ -29,11 +29,13 @@ step "1. demo pipeline on $DEV"
 DEMO="--backbone_arch demo --run_ds Digits,Shapes --device $DEV"
 run "$PY" datagen.py $DEMO --paper_settings 1 --out_dir "$OUT/gen"
 run "$PY" train.py $DEMO --generated_dir "$OUT/gen" --save_best_model 1 --output_dir "$OUT/runs/lipschitz/seed_0"
-run "$PY" datagen.py $DEMO --paper_settings 1 --method improved --out_dir "$OUT/gen_improved"
-run "$PY" train.py $DEMO --method improved --generated_dir "$OUT/gen_improved" --save_best_model 1 \
-    --output_dir "$OUT/runs/improved/seed_0"
-run "$PY" audit.py "$OUT/runs/lipschitz/seed_0" "$OUT/runs/improved/seed_0" --device "$DEV"
-run "$PY" clip_forget_utils.py compare "$OUT/runs/lipschitz" "$OUT/runs/improved"
+run "$PY" train.py $DEMO --method improved --save_best_model 1 --output_dir "$OUT/runs/improved/seed_0"
+# an image-side method on its confident, held-out and retain sets (datagen.py --method confident)
+run "$PY" datagen.py $DEMO --method confident --retain_per_class 4 --out_dir "$OUT/gen_confident"
+run "$PY" train.py $DEMO --method hinge --towers image --retain_weight 1 --stop margin --lr 2e-4 \
+    --generated_dir "$OUT/gen_confident" --save_best_model 1 --output_dir "$OUT/runs/hinge/seed_0"
+run "$PY" audit.py "$OUT/runs/lipschitz/seed_0" "$OUT/runs/improved/seed_0" "$OUT/runs/hinge/seed_0" --device "$DEV"
+run "$PY" clip_forget_utils.py compare "$OUT/runs/lipschitz" "$OUT/runs/improved" "$OUT/runs/hinge"
 
 step "2. RN50 and ViT-B/16 with random weights at 224 px"
 for ARCH in RN50 ViT-B/16; do

@@ -53,6 +53,12 @@ class ForgetTask:
     progress: tqdm | None = None
     templates: list = field(default_factory=list)  # every template of the dataset (str or callable); [] = [template]
 
+    def tick(self, **postfix) -> None:
+        """One step (or epoch) done: the progress bar's figures and count."""
+        if self.progress is not None:
+            self.progress.set_postfix(**postfix)
+            self.progress.update()
+
     @property
     def classname(self) -> str:
         return self.classnames[self.class_index]
@@ -148,6 +154,11 @@ class Snapshot:
                 state = self.optimizer.state.get(p)
                 copy = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()} if state else None
                 self.saved[p] = (p.detach().clone(), copy)
+
+    def step(self, params: list[torch.Tensor]) -> None:
+        """The optimiser's step, after saving the tensors it is about to change (those with a gradient)."""
+        self.before_change([p for p in params if p.grad is not None])
+        self.optimizer.step()
 
     def changed(self, names: dict[torch.Tensor, str]) -> dict[str, torch.Tensor]:
         """Copies of the current values of every tensor changed since the snapshot, by name."""

@@ -186,15 +186,12 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
             loss.backward()
             if row_mask is not None:  # only the class's own rows (Adam leaves zero-gradient rows alone)
                 params[0].grad.masked_fill_(row_mask, 0.0)
-            original.before_change([p for p in params if p.grad is not None])
-            opt.step()
+            original.step(params)
             steps += 1
             value = watch()
             trace.append({"step": steps, "loss": round(loss.item(), 5), "hinge": round(hinge.item(), 5),
                           "retain": round(kept.item(), 5), "watch": value})
-            if task.progress is not None:
-                task.progress.set_postfix(step=steps, watch=f"{value:.3f}", hinge=f"{hinge.item():.3f}")
-                task.progress.update()
+            task.tick(step=steps, watch=f"{value:.3f}", hinge=f"{hinge.item():.3f}")
         changed = original.changed(names)
     finally:
         original.restore()

@@ -151,9 +151,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                 epoch_start.restore()
                 rollbacks += 1
                 stage += 1
-            if task.progress is not None:
-                task.progress.set_postfix(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{best_acc:.3f}")
-                task.progress.update()
+            task.tick(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{best_acc:.3f}")
             if stage >= len(cfg.stds) or acc <= cfg.min_train_acc_stop:
                 break
     finally:

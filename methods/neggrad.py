@@ -103,16 +103,13 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                 raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {"steps": steps, "acc_syn_before": before})
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            original.before_change([p for p in params if p.grad is not None])
-            opt.step()
+            original.step(params)
             steps += 1
             acc = task.syn_accuracy()
             value = acc if cfg.stop == "acc" else watch()
             trace.append({"step": steps, "forget_ce": round(forget_ce.item(), 5), "retain_ce": round(retain_ce.item(), 5),
                           "acc_syn": acc, "watch": value})
-            if task.progress is not None:
-                task.progress.set_postfix(step=steps, syn_acc=f"{acc:.3f}", forget_ce=f"{forget_ce.item():.3f}")
-                task.progress.update()
+            task.tick(step=steps, syn_acc=f"{acc:.3f}", forget_ce=f"{forget_ce.item():.3f}")
         changed = original.changed(names)
     finally:
         original.restore()

@@ -25,8 +25,8 @@ Closed-form class removal in CLIP's projection layer is also the subject of Mish
 Sides (`side`):
 - text (default, no images): forget = the class in every template of its dataset; hard keep =
   the other class prompts of its dataset's zero-shot classifier (fewer than the width for every
-  benchmark dataset, so kept exactly); soft keep, three groups of equal weight = the run's other
-  datasets' class prompts (all of them together may outnumber the width: 517 for the paper's four),
+  benchmark dataset, so kept exactly); soft keep, three groups of equal weight = the other
+  datasets' class prompts the run evaluates (together they may outnumber the width: 517 for the paper's four),
   the other classes in the dataset's other templates, and `n_unrelated` names of 1-3 words from the
   tokenizer's vocabulary in its templates (methods.base.unrelated_words: no word of an ImageNet
   class name, which the audit's blast radius uses);

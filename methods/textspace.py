@@ -193,9 +193,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                 steps += 1
                 trace.append({"step": steps, "forget": round(forget_loss.item(), 5), "theft": round(theft.item(), 5),
                               "keep": round(kept.item(), 6)})
-                if task.progress is not None:
-                    task.progress.set_postfix(step=steps, forget=f"{forget_loss.item():.3f}", keep=f"{kept.item():.2e}")
-                    task.progress.update()
+                task.tick(step=steps, forget=f"{forget_loss.item():.3f}", keep=f"{kept.item():.2e}")
             changed = adapted.changed()
     finally:
         model.train(was_training)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,3 +61,24 @@ def demo_run(tmp_path_factory, generated, data_root):
     logs = train.main(["--output_dir", str(out), "--generated_dir", str(generated[0]), "--n_samples", "5",
                        "--save_best_model", "1", "--data_root", data_root, "--device", "cpu"])
     return out, logs
+
+
+@pytest.fixture(scope="session")
+def shape_sets(tmp_path_factory, data_root, shapes):
+    """A forget set (6 images) and a held-out set (another noise seed) of the demo's Shapes forget class,
+    made by datagen.py, and retain sets for the other Shapes classes (random images in the file format:
+    the plumbing is tested with them, not the quality of the images)."""
+    import datagen
+    from forget_cls import FORGET_CLASSES
+    from synthetic import read_synthetic, save_synthetic, synthetic_path
+    shape, root = FORGET_CLASSES["Shapes"][0], tmp_path_factory.mktemp("shape_sets") / "gen"
+    for out, extra in ((root, []), (root / "heldout", ["--noise_seed", "1000"])):
+        datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", shape, "--n_generated", "6",
+                      "--out_dir", str(out), "--data_root", data_root, "--device", "cpu", *extra])
+    meta = read_synthetic(synthetic_path(root, "Shapes", shape))["meta"]
+    g = torch.Generator().manual_seed(0)
+    for i, c in enumerate(shapes.classnames):
+        save_synthetic(synthetic_path(root / "retain", "Shapes", c), torch.randn(2, 3, 32, 32, generator=g),
+                       torch.ones(2), torch.ones(2, dtype=torch.long), torch.ones(2),
+                       {**meta, "classname": c, "class_index": i})
+    return root

@@ -307,24 +307,6 @@ def _datagen(tmp_path, data_root, out, *extra):
                          "--device", "cpu", *extra])
 
 
-@pytest.fixture(scope="module")
-def star_sets(tmp_path_factory, data_root, shapes):
-    """A training set and a held-out set (another noise seed) of the demo model for star, generated
-    once, and a retain set for the other Shapes classes (random images in the file format: the
-    plumbing is tested here, not the quality of the images)."""
-    from synthetic import read_synthetic, save_synthetic, synthetic_path
-    root = tmp_path_factory.mktemp("beyond_gen")
-    _datagen(root, data_root, root / "gen")
-    _datagen(root, data_root, root / "gen" / "heldout", "--noise_seed", "1000")
-    meta = read_synthetic(root / "gen" / "Shapes" / "red star.pt")["meta"]
-    g = torch.Generator().manual_seed(0)
-    for i, c in enumerate(shapes.classnames):
-        save_synthetic(synthetic_path(root / "gen" / "retain", "Shapes", c), torch.randn(2, 3, 32, 32, generator=g),
-                       torch.ones(2), torch.ones(2, dtype=torch.long), torch.ones(2),
-                       {**meta, "classname": c, "class_index": i})
-    return root / "gen"
-
-
 def test_datagen_confident_makes_forget_and_heldout_sets_and_retain_on_request(tmp_path, data_root, shapes):
     from synthetic import read_synthetic
     fast = ["--accept_margin", "2", "--max_steps", "30", "--n_generated", "3", "--high_prob", "0.5", "--max_failed", "2"]
@@ -353,12 +335,12 @@ def test_datagen_options_are_documented(capsys):
         assert opt in text
 
 
-def test_datagen_all_classes_and_default_meta(tmp_path, data_root, shapes, star_sets):
+def test_datagen_all_classes_and_default_meta(tmp_path, data_root, shapes, shape_sets):
     import datagen
     args = datagen.parse_args(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", "all",
                                "--out_dir", str(tmp_path / "g"), "--data_root", data_root, "--device", "cpu"])
     _, targets = datagen.validate(args)
     assert targets == [("Shapes", c) for c in shapes.classnames]
     from synthetic import read_synthetic
-    meta = read_synthetic(star_sets / "Shapes" / "red star.pt")["meta"]  # made without the new options
+    meta = read_synthetic(shape_sets / "Shapes" / "red star.pt")["meta"]  # made without the new options
     assert "noise_seed" not in meta and meta["config"]["accept_margin"] == 0 and meta["config"]["augment_accept"] == 0

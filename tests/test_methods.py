@@ -192,30 +192,6 @@ def test_heldout_rule_counts_images_above_the_margin(model, prompts):
 
 
 # ----------------------------------------------------------------------------- through train.py
-def _datagen(data_root, out, *extra):
-    import datagen
-    return datagen.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", SHAPE,
-                         "--n_generated", "6", "--out_dir", str(out), "--data_root", data_root, "--device", "cpu", *extra])
-
-
-@pytest.fixture(scope="module")
-def shape_sets(tmp_path_factory, data_root, shapes):
-    """A forget set and a held-out set (another noise seed) of the demo's Shapes forget class, and
-    retain sets for the other Shapes classes (random images in the file format: the plumbing is
-    tested here, not the quality of the images)."""
-    from synthetic import read_synthetic, save_synthetic, synthetic_path
-    root = tmp_path_factory.mktemp("methods_gen")
-    _datagen(data_root, root / "gen")
-    _datagen(data_root, root / "gen" / "heldout", "--noise_seed", "1000")
-    meta = read_synthetic(synthetic_path(root / "gen", "Shapes", SHAPE))["meta"]
-    g = torch.Generator().manual_seed(0)
-    for i, c in enumerate(shapes.classnames):
-        save_synthetic(synthetic_path(root / "gen" / "retain", "Shapes", c), torch.randn(2, 3, 32, 32, generator=g),
-                       torch.ones(2), torch.ones(2, dtype=torch.long), torch.ones(2),
-                       {**meta, "classname": c, "class_index": i})
-    return root / "gen"
-
-
 def _train(tmp_path, data_root, gen, out, *extra):
     import train
     return train.main(["--backbone_arch", "demo", "--run_ds", "Shapes", "--forget_labels", SHAPE,

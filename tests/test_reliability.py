@@ -563,3 +563,40 @@ def test_every_torch_load_is_weights_only_and_nothing_is_pickled():
         text = p.read_text()
         assert not re.search(r"^\s*import pickle|^\s*from pickle|to_pickle|read_pickle|allow_pickle=True|joblib",
                              text, flags=re.M), p.name
+
+
+# ----------------------------------------------------------------------------- CUDA: generator devices
+def _draws(path: Path) -> list[tuple[int, str, set[str], str]]:
+    """(line, function, keywords, generator expression) of every call with generator= in a file."""
+    import ast
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            kw = {k.arg: k.value for k in node.keywords if k.arg}
+            if "generator" in kw:
+                out.append((node.lineno, ast.unparse(node.func), set(kw), ast.unparse(kw["generator"])))
+    return out
+
+
+def test_every_draw_from_a_device_generator_names_its_device():
+    """train.py hands each method a generator on the run's device (cuda on a GPU); a draw from it without
+    device= makes a CPU tensor and PyTorch raises 'Expected a cpu device type for generator' (issue 12).
+    So every draw in the code that may get that generator (methods/, synthetic.py) passes device=; the
+    only generators made without a device are CPU ones whose draws stay on the CPU (datagen's noise,
+    the demo world, the audit's image choice, seeds), each made in the same expression or function."""
+    import ast
+    from common import REPO
+    device_side = [*sorted((REPO / "methods").glob("*.py")), REPO / "synthetic.py"]
+    checked = 0
+    for path in device_side:
+        for line, func, kws, gen in _draws(path):
+            if gen.startswith("torch.Generator()"):  # a CPU generator made right there
+                continue
+            checked += 1
+            assert "device" in kws, f"{path.name}:{line}: {func}(generator={gen}) without device="
+    assert checked >= 8  # the methods' and the augmentation's draws were found
+    # every generator the project makes is either on the CPU or, in train.py only, on the run's device
+    for path in REPO.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.Generator" and node.keywords:
+                assert path.name == "train.py", f"{path.name}:{node.lineno}: a device generator outside train.py"
