@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend state, PNGs through Agg
 
-from common import UserError, _atomic, atomic_write_text, check_all, check_writable, read_json, run_cli
+from common import UserError, _atomic, atomic_write_text, check_all, check_writable, close_names, read_json, run_cli
 
 BEFORE_FILE = "zeroshot_before.json"
 ARGS_FILE = "args.txt"
@@ -441,10 +441,13 @@ def _reference_rows(df: pd.DataFrame, ref: str) -> pd.DataFrame:
     return o.assign(score=compute_avg_gain(o))
 
 
-def compare_methods(dirs: Sequence[str | Path], ddof: int = 1, **create_results_kwargs: Any) -> pd.DataFrame:
+def compare_methods(dirs: Sequence[str | Path] | pd.DataFrame, ddof: int = 1, **create_results_kwargs: Any
+                    ) -> pd.DataFrame:
     """Methods x classes: mean and std over seeds (mean_std layout, keys method, ds, name) of the
-    paper's columns, the audit's, the score, seconds and lost_elsewhere; the original model first."""
-    runs = method_runs(dirs, **create_results_kwargs).drop(columns="seed")
+    paper's columns, the audit's, the score, seconds and lost_elsewhere; the original model first.
+    `dirs` may also be method_runs' table itself."""
+    runs = dirs if isinstance(dirs, pd.DataFrame) else method_runs(dirs, **create_results_kwargs)
+    runs = runs.drop(columns="seed")
     order = {m: i for i, m in enumerate(dict.fromkeys(runs["method"]))}
     out = mean_std(runs, ["method", "ds", "name"], ddof)
     return out.sort_values(["ds", "name", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
@@ -680,6 +683,9 @@ def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--all_res", type=int, choices=[0, 1], default=1, help="as for a folder report")
     p.add_argument("--rn", type=int, choices=[0, 1], default=1, help="as for a folder report")
     p.add_argument("--digits", type=int, default=3, help="decimals in the table")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated class names: compare on these forget classes only (e.g. the ones no "
+                        "choice of method or setting saw)")
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="test: the report (the paper's columns and audit.json); val: what methods and settings are "
                         "chosen by, the audit's figures on the val split alone (audit_val.json, audit.py --split val)")
@@ -689,6 +695,15 @@ def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
 VAL_COLUMNS = ["audit_name", "audit_alias", "audit_ensemble", "audit_probe", "audit_rest", "audit_other",
                "audit_relearn_steps", "audit_relearn_acc", "audit_blast_mean", "audit_blast_count",
                "audit_oracle_agreement"]
+
+
+def class_means(runs: pd.DataFrame, columns: Sequence[str], ddof: int = 1) -> pd.DataFrame:
+    """Per method: the mean over its forget classes of each column, then mean and std over seeds
+    (mean_std layout, with n_classes): one line per method for a whole benchmark."""
+    shown = [c for c in columns if c in runs.columns]
+    per_seed = runs.groupby(["method", "seed"], sort=False).agg(
+        n_classes=("name", "nunique"), **{c: (c, "mean") for c in shown}).reset_index()
+    return mean_std(per_seed.drop(columns="seed"), ["method", "n_classes"], ddof)
 
 
 def compare_main(argv: Sequence[str]) -> pd.DataFrame:
@@ -710,16 +725,27 @@ def compare_main(argv: Sequence[str]) -> pd.DataFrame:
             problems.append(str(e))
     check_all(problems + check_writable(out.parent))
     kwargs = dict(gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn), audit_split=args.split)
-    agg = compare_methods(dirs, **kwargs)
+    runs = method_runs(dirs, **kwargs)
+    if args.classes:
+        wanted = [c.strip() for c in args.classes.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in set(runs["name"])]
+        if missing:
+            known = sorted(set(runs["name"]))
+            raise UserError(f"--classes: {', '.join(missing)} not in these runs{close_names(missing[0], known)}")
+        runs = runs[runs["name"].isin(wanted)]
+    agg = compare_methods(runs)
+    summary = ("\n## Mean over the classes\n\nPer method, the mean over its forget classes, then mean ± std over "
+               "seeds.\n\n" + mean_std_markdown(class_means(runs, VAL_COLUMNS + ["score", "seconds"]),
+                                                   VAL_COLUMNS + ["score", "seconds"], args.digits)
+               if "audit_name" in runs.columns else "")
     if args.split != "test":  # only the audit's figures on that split: the paper's columns are test figures
         text = (f"# Methods compared on the {args.split} split: {', '.join(map(str, dirs))}\n\nMean ± std over "
                 f"seeds (n_seeds) of the audit's figures on the {args.split} split (audit.py --split {args.split}): "
                 f"what methods and settings are chosen by; the test split reports them.\n{AUDIT_LEGEND}\n\n"
-                + mean_std_markdown(agg, VAL_COLUMNS, args.digits))
+                + mean_std_markdown(agg, VAL_COLUMNS, args.digits) + summary)
         atomic_write_text(out.with_suffix(".md"), text)
         print(text + f"\nwrote {out.with_suffix('.md')}")
         return agg
-    runs = method_runs(dirs, **kwargs)
     columns = ["cls_forget", "full_forget", *(f"res_{d}" for d in other_datasets(runs)), *GEN_COLUMNS,
                *NO_GEN_COLUMNS, *COMPARE_AUDIT, "lost_elsewhere", "score", "seconds"]
     text = (f"# Methods compared: {', '.join(map(str, dirs))}\n\nMean ± std over seeds (n_seeds). 'original': "
@@ -728,7 +754,7 @@ def compare_main(argv: Sequence[str]) -> pd.DataFrame:
             "lost_elsewhere: mean relative drop of those; score: the paper's (lower is better); seconds: "
             "unlearning + evaluation per class. 'oracle' (with audit.py --oracle): the demo CLIP retrained without "
             f"the class.\n{AUDIT_LEGEND}\n\n"
-            + mean_std_markdown(agg, columns, args.digits))
+            + mean_std_markdown(agg, columns, args.digits) + summary)
     atomic_write_text(out.with_suffix(".md"), text)
     plot_tradeoff(runs, out.with_suffix(".png"))
     print(text + f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")

@@ -318,7 +318,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("beyond the paper (off by default)")
     g.add_argument("--method", default="faithful", choices=list(PRESETS),
                    help="'confident': the sets that train.py's image-side methods read (hinge, neggrad, projedit "
-                        "--side image; README 'Methods'), in <out_dir> (default generated_<ARCH>_confident): the forget sets with --accept_margin 30, and heldout/ (32 per "
+                        "--side image; README 'Methods'), in <out_dir> (default generated_<ARCH>_confident): "
+                        "the forget sets with --accept_margin 30, and heldout/ (32 per "
                         "class, another noise seed); with --retain_per_class also retain/")
     g.add_argument("--retain_per_class", type=int, default=None,
                    help="with --method confident: also make retain/, this many images of every class of the forget "

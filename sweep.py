@@ -711,7 +711,8 @@ def report(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "dataset, other = the other datasets (each: before -> after unlearning); score: the paper's "
             "(lower is better).\n\n" + to_markdown(table) +
             "\n## Per class (mean ± std over seeds)\n\n" + to_markdown(class_table)
-            + (f"\nThe forgetting audit of every run, per class and method: {', '.join(compared)}.\n" if compared else ""))
+            + (f"\nThe forgetting audit of every run, per class and method: {', '.join(compared)}.\n"
+               if compared else ""))
     atomic_write_text(root / "report.md", text)
     _atomic(root / "report.csv", lambda p: classes.to_csv(p, index=False))
     _atomic(root / "report_methods.csv", lambda p: methods.to_csv(p, index=False))

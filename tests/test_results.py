@@ -498,3 +498,26 @@ def test_compare_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(main, ["compare", str(tmp_path / "nope")])
     assert e.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_compare_mean_over_classes_and_a_subset_of_classes(tmp_path, capsys):
+    """The summary line per method: the mean over its classes per seed, then mean ± std over seeds;
+    --classes keeps only the classes named (e.g. those no choice of setting saw)."""
+    faithful, improved = two_methods(tmp_path)
+    main(["compare", str(faithful), str(improved), "--out", str(tmp_path / "all")])
+    text = (tmp_path / "all.md").read_text()
+    summary = markdown_rows(text[text.index("## Mean over the classes"):])
+    header, rows = summary[0], {r[0]: dict(zip(summary[0], r)) for r in summary[1:]}
+    assert header[:3] == ["method", "n_classes", "n_seeds"] and rows["improved"]["n_classes"] == "2"
+    # improved's probe: seed 0 (0.9 + 0.5) / 2 = 0.7, seed 1 (0.8 + 0.5) / 2 = 0.65
+    assert rows["improved"]["audit_probe"] == f"0.675 ± {0.05 / math.sqrt(2):.3f}"
+    main(["compare", str(faithful), str(improved), "--classes", "three", "--out", str(tmp_path / "three")])
+    text = (tmp_path / "three.md").read_text()
+    assert "| star |" not in text
+    summary = markdown_rows(text[text.index("## Mean over the classes"):])
+    rows = {r[0]: dict(zip(summary[0], r)) for r in summary[1:]}
+    assert rows["faithful"]["n_classes"] == "1"
+    assert rows["faithful"]["audit_name"] == f"0.600 ± {0.1 * math.sqrt(2):.3f}"
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, ["compare", str(faithful), "--classes", "thre"])
+    assert e.value.code == 2 and "--classes: thre not in these runs; did you mean: three?" in capsys.readouterr().err
