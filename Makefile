@@ -18,7 +18,8 @@ demo: $(STAMP)
 	$(PY) zeroshot.py --backbone_arch demo --run_ds Digits,Shapes
 	sh datagen.sh demo
 	sh train.sh 1 1 0 1 25 0.1 "Digits,Shapes" demo
-	sh train.sh 1 1_improved 0 1 25 0.1 "Digits,Shapes" demo --method improved
+	$(PY) train.py --backbone_arch demo --run_ds Digits,Shapes --method improved --save_best_model 1 \
+		--output_dir results/results1_improved/seed_0
 	$(PY) audit.py results/results1/seed_0/ results/results1_improved/seed_0/
 	$(PY) clip_forget_utils.py results/results1/seed_0/ results/results1_improved/seed_0/ --all_res 1
 	$(PY) clip_forget_utils.py compare results/results1 results/results1_improved

@@ -3,7 +3,8 @@
 #   sh train.sh GEN_DATA ATTEMPT SEED DEBUG N_SAMPLES MINSTOPACC RUNDS ARCH [extra train.py options]
 #   sh train.sh 1 1 0 1 25 0.1 "StanfordDogs,StanfordCars,Caltech101,OxfordFlowers" RN50
 #   sh train.sh 1 1 0 1 25 0.1 "Digits,Shapes" demo
-# Results go to results/results${ATTEMPT}/seed_${SEED}/.
+# Results go to results/results${ATTEMPT}/seed_${SEED}/. N_SAMPLES and MINSTOPACC are options of the
+# paper's method (lipschitz): other methods (--method) are run with train.py itself (README "Methods").
 set -e
 cd "$(dirname "$0")"
 if [ "$#" -lt 8 ]; then
