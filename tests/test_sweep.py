@@ -191,15 +191,17 @@ def test_slurm_dry_run_shows_both_array_jobs_and_submits_nothing(tmp_path, capsy
     blocks = sbatch_blocks(printed)
     paper = yaml.safe_load((REPO / "configs" / "sweeps" / "paper.yaml").read_text())
     n = len(paper["backbones"]) * len(paper["seeds"]) * sum(len(FORGET_CLASSES[d]) for d in paper["datasets"])
-    assert set(blocks) == {"datagen", "train"} and len(out["jobs"]) == 2 * n
+    sizes = {"datagen": n, "train": n * len(paper["methods"])}  # one synthetic set per class, shared
+    assert set(blocks) == {"datagen", "train"} and len(out["jobs"]) == sum(sizes.values())
     for stage, b in blocks.items():
-        assert b["n"] == str(n) and b["array"] == f"0-{n - 1}%{sweep.SLURM_DEFAULTS['array_parallelism']}"
+        k = sizes[stage]
+        assert b["n"] == str(k) and b["array"] == f"0-{k - 1}%{sweep.SLURM_DEFAULTS['array_parallelism']}"
         assert (b["partition"], b["time"], b["mem"]) == ("gpu-a100", "90", "48GB")  # command line
         assert (b["gpus-per-node"], b["cpus-per-task"]) == (str(paper["slurm"]["gpus"]), str(paper["slurm"]["cpus"]))
         assert b["job-name"] == f"paper-{stage}" and b["chdir"] == str(REPO)
     assert "dependency" not in blocks["datagen"] and blocks["train"]["dependency"].startswith("afterany:")
     jobs = [line for line in printed.splitlines() if re.match(r"(datagen|train)/", line)]
-    assert len(jobs) == 2 * n and jobs[0].startswith("datagen/RN50/paper/seed_0/StanfordDogs/")
+    assert len(jobs) == sum(sizes.values()) and jobs[0].startswith("datagen/RN50/paper/seed_0/StanfordDogs/")
     assert not any(tmp_path.iterdir())
 
 
