@@ -53,6 +53,12 @@ class ForgetTask:
     progress: tqdm | None = None
     templates: list = field(default_factory=list)  # every template of the dataset (str or callable); [] = [template]
 
+    def count_steps(self, total: int) -> None:
+        """The progress bar counts optimisation steps, up to `total`, from here on."""
+        if self.progress is not None:
+            self.progress.reset(total=total)
+            self.progress.unit = "step"
+
     def tick(self, **postfix) -> None:
         """One step (or epoch) done: the progress bar's figures and count."""
         if self.progress is not None:
@@ -154,6 +160,14 @@ class Snapshot:
                 state = self.optimizer.state.get(p)
                 copy = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()} if state else None
                 self.saved[p] = (p.detach().clone(), copy)
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Leaving a method: the model and optimiser as they were (the method returns copies of what it changed)."""
+        self.restore()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def step(self, params: list[torch.Tensor]) -> None:
         """The optimiser's step, after saving the tensors it is about to change (those with a gradient)."""

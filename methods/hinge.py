@@ -159,14 +159,11 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     names = {p: n for n, p in named}
     params = [p for _, p in named]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
-    original = Snapshot(opt)
     trace: list[dict] = []
     value = before = watch()
     steps, start = 0, time.time()
-    if task.progress is not None:
-        task.progress.reset(total=cfg.max_steps)
-        task.progress.unit = "step"
-    try:
+    task.count_steps(cfg.max_steps)
+    with Snapshot(opt) as original:
         while steps < cfg.max_steps and value > stop_at:
             pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
             x = augment(images[pick], gen) if cfg.augment else images[pick]
@@ -193,8 +190,5 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                           "retain": round(kept.item(), 5), "watch": value})
             task.tick(step=steps, watch=f"{value:.3f}", hinge=f"{hinge.item():.3f}")
         changed = original.changed(names)
-    finally:
-        original.restore()
-        opt.zero_grad(set_to_none=True)
     return MethodResult(changed, {"steps": steps, "acc_syn_before": before, "watch_final": value,
                                   "seconds_loop": round(time.time() - start, 1), "trace": trace})

@@ -73,7 +73,6 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     names = {p: n for n, p in vis + txt}
     params = list(names)
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
-    original = Snapshot(opt)
     labels = torch.full((min(cfg.batch_size, len(images)),), idx, device=images.device)
     t = cfg.scale / EVAL_SCALE
     watch, stop_at = task.syn_accuracy, cfg.min_train_acc_stop
@@ -84,10 +83,8 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     acc = before = task.syn_accuracy()
     value = watch()
     steps, trace, start = 0, [], time.time()
-    if task.progress is not None:
-        task.progress.reset(total=cfg.max_steps)
-        task.progress.unit = "step"
-    try:
+    task.count_steps(cfg.max_steps)
+    with Snapshot(opt) as original:
         while steps < cfg.max_steps and value > stop_at:
             pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
             w = text_weights(model, task.prompt_tokens)
@@ -111,8 +108,5 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                           "acc_syn": acc, "watch": value})
             task.tick(step=steps, syn_acc=f"{acc:.3f}", forget_ce=f"{forget_ce.item():.3f}")
         changed = original.changed(names)
-    finally:
-        original.restore()
-        opt.zero_grad(set_to_none=True)
     return MethodResult(changed, {"steps": steps, "acc_syn_before": before, "acc_syn_final": acc,
                                   "seconds_loop": round(time.time() - start, 1), "trace": trace})

@@ -161,9 +161,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
         unrelated0 = text_embeddings(model, unrelated) if unrelated is not None else None
     steps, trace, start = 0, [], time.time()
     forget_loss = theft = torch.ones(())
-    if task.progress is not None:
-        task.progress.reset(total=cfg.max_steps)
-        task.progress.unit = "step"
+    task.count_steps(cfg.max_steps)
     try:
         with Adapted(task, cfg) as adapted:
             opt = torch.optim.Adam(adapted.params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
