@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_train.py --arch RN50 --pretrained none --batch 4 --n_samples 5 --steps 2
 	$(PY) bench/bench_train.py --arch ViT-B/16 --pretrained none --batch 4 --n_samples 5 --steps 2
+	$(PY) bench/bench_textspace.py --steps 300
 
 clean:
 	rm -rf results generated_demo generated_demo_confident .cache bench/out

@@ -54,6 +54,9 @@ step "3. speed on $DEV"
 run "$PY" bench/bench_datagen.py --device "$DEV" --n 64 --batch_size 64 --out "$OUT/bench/datagen_demo.json"
 run "$PY" bench/bench_datagen.py --arch RN50 --pretrained none --device "$DEV" --n 16 --batch_size 16 \
     --max_steps 20 --high_prob 0.99 --out "$OUT/bench/datagen_RN50_random.json"
+run "$PY" bench/bench_textspace.py --device "$DEV" --steps 300 --out "$OUT/bench/textspace_demo.json"
+run "$PY" bench/bench_textspace.py --arch RN50 --pretrained none --dataset StanfordDogs --classes 40 --templates 8 \
+    --device "$DEV" --steps 100 --out "$OUT/bench/textspace_RN50_random.json"
 for P in fp32 tf32 bf16; do
   run "$PY" bench/bench_train.py --device "$DEV" --precision "$P" --out "$OUT/bench/train_demo_$P.json"
   for ARCH in RN50 ViT-B/16; do

@@ -24,6 +24,10 @@ What adapts (`adapt`):
   out_proj.weight directly, so a LoRA on attn.out_proj alone is bypassed, and peft's
   MultiheadAttention adapter re-registers the attention's parameters when it is removed;
 - blocks+proj: both.
+With `proj` alone the text features entering the projection are fixed, so they are computed once
+and a step costs a matrix product (TextEncoder); with `blocks` every prompt of the keep set runs
+through the text tower, forward and backward, at every step (time and memory grow with classes x
+templates: 9,600 prompts for StanfordDogs' 120 classes x 80 templates).
 The adapter is merged into the base weights for the result (changed tensors by the original
 state_dict names) and removed: the model is handed back with its own modules and values.
 Adam until every hinge is satisfied or `max_steps`. Nothing of the image tower changes, so a linear
@@ -39,8 +43,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, fill, name_words, text_embeddings, too_small, \
-    unrelated_words
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, fill, name_words, too_small, unrelated_words
 from zeroshot import EVAL_SCALE
 
 NAME = "textspace"
@@ -142,7 +145,31 @@ def unit_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).sum(-1) / 2
 
 
-def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
+class TextEncoder:
+    """encode_text of fixed token sets while the adapter trains. With the projection alone adapting
+    (`adapt proj`, and `cache`), the features entering it never change: they are computed once
+    (open_clip's own forward with the projection set to the identity: methods.projedit) and each step
+    is one matrix product instead of the whole text transformer, forward and backward."""
+
+    def __init__(self, model: torch.nn.Module, sets: dict[str, torch.Tensor], cached: bool, chunk: int = 256):
+        from methods.projedit import identity_projection
+        self.model, self.tokens, self.h = model, sets, None
+        if cached:
+            with torch.no_grad(), identity_projection(model, "text"):
+                self.h = {k: torch.cat([model.encode_text(c) for c in t.split(chunk)]) for k, t in sets.items()}
+
+    def __call__(self, name: str, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit text embeddings of the set `name` (optionally some of its rows), differentiable."""
+        if self.h is not None:
+            h = self.h[name] if rows is None else self.h[name][rows]
+            return F.normalize(h @ self.model.text_projection, dim=-1)
+        t = self.tokens[name] if rows is None else self.tokens[name][rows]
+        return F.normalize(self.model.encode_text(t), dim=-1)
+
+
+def unlearn(task: ForgetTask, cfg: Config, cache: bool = True) -> MethodResult:
+    """Adam on the adapter until every hinge holds or max_steps. cache=False recomputes the whole text
+    tower every step even for `adapt proj` (the naive baseline of bench/bench_textspace.py)."""
     model, idx, gen = task.model, task.class_index, task.generator
     k = len(task.classnames)
     others = [i for i in range(k) if i != idx]
@@ -154,11 +181,14 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     unrelated = task.tokens([fill(templates[i % len(templates)], w) for i, w in enumerate(words)]) if words else None
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        proxy_forget = F.normalize(text_embeddings(model, forget).mean(0, keepdim=True), dim=-1)  # (1, D)
-        proxy_others = text_embeddings(model, classes)[others]  # (K-1, D)
-        keep0 = text_embeddings(model, keep)
-        unrelated0 = text_embeddings(model, unrelated) if unrelated is not None else None
+    sets = {"forget": forget, "others": classes[others], "keep": keep,
+            **({"unrelated": unrelated} if unrelated is not None else {})}
+    encode = TextEncoder(model, sets, cached=cache and cfg.adapt == "proj")
+    with torch.no_grad():  # the original embeddings, by the same encoder as every step's
+        proxy_forget = F.normalize(encode("forget").mean(0, keepdim=True), dim=-1)  # (1, D)
+        proxy_others = encode("others")  # (K-1, D)
+        keep0 = encode("keep")
+        unrelated0 = encode("unrelated") if unrelated is not None else None
     steps, trace, start = 0, [], time.time()
     forget_loss = theft = torch.ones(())
     task.count_steps(cfg.max_steps)
@@ -166,8 +196,8 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
         with Adapted(task, cfg) as adapted:
             opt = torch.optim.Adam(adapted.params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
             while steps < cfg.max_steps:
-                f_now = F.normalize(model.encode_text(forget), dim=-1)  # (T, D)
-                w_others = F.normalize(model.encode_text(classes[others]), dim=-1)  # (K-1, D)
+                f_now = encode("forget")  # (T, D)
+                w_others = encode("others")  # (K-1, D)
                 # forget: each template's prompt below the best other class on the forget proxy
                 best_other = (EVAL_SCALE * proxy_forget @ w_others.T).max(-1).values  # (1,)
                 forget_loss = F.relu(EVAL_SCALE * proxy_forget @ f_now.T - best_other + cfg.margin).mean() / EVAL_SCALE
@@ -176,12 +206,11 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                 theft = F.relu(EVAL_SCALE * proxy_others @ f_now.T - own + cfg.margin).mean() / EVAL_SCALE
                 if (forget_loss + theft).item() == 0:  # every hinge satisfied
                     break
-                kept = unit_sq_dist(F.normalize(model.encode_text(keep), dim=-1), keep0).mean()
+                kept = unit_sq_dist(encode("keep"), keep0).mean()
                 if unrelated is not None:
                     pick = torch.randperm(len(unrelated), generator=gen, device=gen.device)[:cfg.unrelated_batch]
                     pick = pick.to(unrelated.device)
-                    kept = kept + unit_sq_dist(F.normalize(model.encode_text(unrelated[pick]), dim=-1),
-                                               unrelated0[pick]).mean()
+                    kept = kept + unit_sq_dist(encode("unrelated", pick), unrelated0[pick]).mean()
                 loss = forget_loss + theft + cfg.keep_weight * kept
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {"steps": steps})

@@ -286,3 +286,37 @@ def test_improved_preset_runs_on_every_paper_forget_class():
             after = text_embeddings(moved, task.tokens([task.prompts[task.class_index]]))
         assert not torch.allclose(before, after), (d, c)
     assert all(torch.equal(v, visual[k]) for k, v in model.visual.state_dict().items())
+
+
+def test_textspace_projection_from_cached_features_is_the_full_recomputation(model, demo, digits):
+    """adapt proj trains on the text features entering the projection, computed once: the same steps and
+    the same projection as recomputing the whole text tower every step (the naive path, cache=False)."""
+    from methods.base import ForgetTask
+    names = digits.classnames
+
+    def new_task() -> ForgetTask:
+        return ForgetTask(model=model, tokenizer=demo.tokenizer, classnames=names, template=digits.template,
+                          class_index=names.index(DIGIT), images=None, caption="", other_prompts=["a red star."],
+                          syn_accuracy=lambda: float("nan"), generator=torch.Generator().manual_seed(0), seed=0)
+
+    cfg = textspace.Config(max_steps=25, n_unrelated=200, unrelated_batch=64)
+    runs = []
+    for cache in (True, False):
+        runs.append(textspace.unlearn(new_task(), cfg, cache=cache))
+    fast, naive = runs
+    assert fast.summary["steps"] == naive.summary["steps"] >= 2
+    assert torch.allclose(fast.changed["text_projection"], naive.changed["text_projection"], atol=1e-5)
+    forget = [[t["forget"] for t in r.summary["trace"]] for r in runs]
+    assert forget[0] == pytest.approx(forget[1], abs=1e-4)
+    # the cached path runs the text transformer a fixed number of times, however many steps it takes
+    calls = []
+    encode_text = model.encode_text
+    model.encode_text = lambda *a, **k: calls.append(1) or encode_text(*a, **k)
+    counts = []
+    for steps in (2, 6):
+        calls.clear()
+        result = textspace.unlearn(new_task(), textspace.Config(max_steps=steps, n_unrelated=200))
+        assert result.summary["steps"] == steps
+        counts.append(len(calls))
+    del model.encode_text
+    assert counts[0] == counts[1]
