@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights, too_small
 from methods.lipschitz import lipschitz_loss
 from synthetic import augment
 from zeroshot import EVAL_SCALE, forget_margin, logits
@@ -63,16 +63,15 @@ def side_sets(cfg: Config) -> list[str]:
 
 
 def check(cfg: Config) -> list[str]:
-    problems = []
-    if cfg.retain_weight < 0:
-        problems.append(f"--retain_weight must be at least 0, got {cfg.retain_weight}")
+    problems = too_small(cfg, retain_weight=0)
     if cfg.towers == "token" and cfg.objective != "hinge":
         problems.append("--towers token needs --objective hinge")
-    if not 0 <= cfg.stop_frac < 1:
-        problems.append(f"--stop_frac must be in [0, 1), got {cfg.stop_frac}")
-    if cfg.max_steps < 1:
-        problems.append(f"--max_steps must be at least 1, got {cfg.max_steps}")
-    return problems
+    return problems + stop_problems(cfg) + too_small(cfg, max_steps=1)
+
+
+def stop_problems(cfg) -> list[str]:
+    """The stop options shared by hinge and neggrad."""
+    return [] if 0 <= cfg.stop_frac < 1 else [f"--stop_frac must be in [0, 1), got {cfg.stop_frac}"]
 
 
 def hinge_loss(model, images: torch.Tensor, weights: torch.Tensor, idx: int, margin: float) -> torch.Tensor:
@@ -117,6 +116,15 @@ def heldout_rule(model, heldout: torch.Tensor, prompt_tokens: torch.Tensor, idx:
     return frac
 
 
+def stop_rule(task: ForgetTask, cfg, text_frozen: bool) -> tuple[Callable[[], float], float]:
+    """(the quantity a step loop watches, the level it stops at): the forget images' accuracy and
+    min_train_acc_stop (--stop acc), or the held-out margin rule and stop_frac (--stop margin)."""
+    if cfg.stop == "margin":
+        return heldout_rule(task.model, task.heldout, task.prompt_tokens, task.class_index, cfg.stop_margin,
+                            text_frozen), cfg.stop_frac
+    return task.syn_accuracy, cfg.min_train_acc_stop
+
+
 def tower_patterns(towers: str) -> list[str]:
     """Extra frozen patterns (methods.base.freeze) that keep the other tower fixed."""
     return {"both": [], "text": [r"^visual\."], "image": [r"^transformer\."], "token": [r"."]}[towers]
@@ -133,10 +141,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     """Adam on the chosen tensors until the watched quantity is small enough or cfg.max_steps."""
     model, images, idx, gen = task.model, task.images, task.class_index, task.generator
     prompts = task.prompt_tokens
-    watch, stop_at = task.syn_accuracy, cfg.min_train_acc_stop
-    if cfg.stop == "margin":
-        watch = heldout_rule(model, task.heldout, prompts, idx, cfg.stop_margin, text_frozen=cfg.towers == "image")
-        stop_at = cfg.stop_frac
+    watch, stop_at = stop_rule(task, cfg, text_frozen=cfg.towers == "image")
     retain = None
     if cfg.retain_weight > 0:
         keep = [i for i in range(len(task.classnames)) if i != idx]

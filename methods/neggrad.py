@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights, too_small
-from methods.hinge import heldout_rule, tower_patterns
+from methods.hinge import stop_problems, stop_rule, tower_patterns
 from zeroshot import EVAL_SCALE, logits
 
 NAME = "neggrad"
@@ -61,9 +61,7 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"--towers must be one of {', '.join(TOWERS)} for --method neggrad, got {cfg.towers}")
     if cfg.scale <= 0:
         problems.append(f"--scale must be positive, got {cfg.scale}")
-    if not 0 <= cfg.stop_frac < 1:
-        problems.append(f"--stop_frac must be in [0, 1), got {cfg.stop_frac}")
-    return problems + too_small(cfg, retain_weight=0, max_steps=1)
+    return problems + stop_problems(cfg) + too_small(cfg, retain_weight=0, max_steps=1)
 
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
@@ -75,11 +73,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
     labels = torch.full((min(cfg.batch_size, len(images)),), idx, device=images.device)
     t = cfg.scale / EVAL_SCALE
-    watch, stop_at = task.syn_accuracy, cfg.min_train_acc_stop
-    if cfg.stop == "margin":
-        watch = heldout_rule(model, task.heldout, task.prompt_tokens, idx, cfg.stop_margin,
-                             text_frozen=cfg.towers == "image")
-        stop_at = cfg.stop_frac
+    watch, stop_at = stop_rule(task, cfg, text_frozen=cfg.towers == "image")
     acc = before = task.syn_accuracy()
     value = watch()
     steps, trace, start = 0, [], time.time()
