@@ -128,14 +128,20 @@ def identity_projection(model: torch.nn.Module, side: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def features(model: torch.nn.Module, side: str, inputs: torch.Tensor,
-             chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features entering the projection, outputs of the projection) of token rows or images."""
+def features(model: torch.nn.Module, side: str, inputs: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The features entering the tower's projection, of token rows or images (one pass, in chunks)."""
     encode = model.encode_text if side == "text" else model.encode_image
-    outputs = torch.cat([encode(c) for c in inputs.split(chunk)])
     with identity_projection(model, side):
-        h = torch.cat([encode(c) for c in inputs.split(chunk)])
-    return h, outputs
+        return torch.cat([encode(c) for c in inputs.split(chunk)])
+
+
+@torch.no_grad()
+def project(model: torch.nn.Module, side: str, h: torch.Tensor) -> torch.Tensor:
+    """The tower's outputs for features h: the projection applied (y = h A + b), as its forward does."""
+    params = dict(model.named_parameters())
+    name, bias = projection(model, side)
+    y = h @ _row_form(name, params[name])
+    return y + params[bias] if bias else y
 
 
 # ----------------------------------------------------------------------------- the closed form
@@ -186,15 +192,15 @@ def targets(kind: str, out_forget: torch.Tensor, out_others: torch.Tensor) -> to
 
 
 def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: torch.Tensor,
-         others_out_in: torch.Tensor, soft_in: list[torch.Tensor], cfg: Config) -> tuple[dict, dict]:
+         soft_in: list[torch.Tensor], cfg: Config) -> tuple[dict, dict]:
     """The changed projection tensor (state-dict name -> value) of one side, and figures for the log.
-    forget_in / keep_in / soft_in (groups): token rows or images; others_out_in: inputs whose mean
-    output is the `mean` target (the dataset's other classes)."""
+    forget_in / keep_in / soft_in (groups): token rows or images; keep_in (the dataset's other classes)
+    also gives the `mean` target, their mean output."""
     name, _ = projection(model, side)
-    h_f, y_f = features(model, side, forget_in)
-    h_k, _ = features(model, side, keep_in)
-    h_s = [features(model, side, group)[0] for group in soft_in if len(group)]
-    y_o = features(model, side, others_out_in)[1] if cfg.target == "mean" else y_f
+    h_f, h_k = features(model, side, forget_in), features(model, side, keep_in)
+    h_s = [features(model, side, group) for group in soft_in if len(group)]
+    y_f = project(model, side, h_f)
+    y_o = project(model, side, h_k) if cfg.target == "mean" else y_f
     residual = cfg.strength * (targets(cfg.target, y_f, y_o) - y_f)
     delta = solve_edit(h_f, residual, h_k, h_s, cfg.null_tol, cfg.ridge)
     weight = dict(model.named_parameters())[name].detach()
@@ -213,7 +219,7 @@ def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: to
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     """The edit of the chosen side(s), computed from the original model; the model is not changed."""
-    model, idx, start = task.model, task.class_index, time.time()
+    model, start = task.model, time.time()
     changed, summary = {}, {"steps": 0}
     was_training = model.training
     model.eval()
@@ -236,12 +242,12 @@ def _edit_sides(task: ForgetTask, cfg: Config, changed: dict, summary: dict) -> 
                 [p for i in others for p in task.class_prompts(task.classnames[i])[1:]],  # the other templates
                 [fill(templates[i % len(templates)], w) for i, w in enumerate(words)]]  # templates in turn
         forget = task.tokens(task.class_prompts(task.classname))
-        c, figs = edit(model, "text", forget, keep, keep, [task.tokens(g) for g in soft if g], cfg)
+        c, figs = edit(model, "text", forget, keep, [task.tokens(g) for g in soft if g], cfg)
         changed.update(c)
         summary.update(figs)
     if cfg.side in ("image", "both"):
         if task.images is None or task.retain is None:
             raise UserError("projedit --side image needs the synthetic forget images and the retain sets")
-        c, figs = edit(model, "image", task.images, task.retain, task.retain, [], cfg)
+        c, figs = edit(model, "image", task.images, task.retain, [], cfg)
         changed.update(c)
         summary.update(figs)

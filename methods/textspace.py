@@ -151,12 +151,10 @@ class TextEncoder:
     (open_clip's own forward with the projection set to the identity: methods.projedit) and each step
     is one matrix product instead of the whole text transformer, forward and backward."""
 
-    def __init__(self, model: torch.nn.Module, sets: dict[str, torch.Tensor], cached: bool, chunk: int = 256):
-        from methods.projedit import identity_projection
-        self.model, self.tokens, self.h = model, sets, None
-        if cached:
-            with torch.no_grad(), identity_projection(model, "text"):
-                self.h = {k: torch.cat([model.encode_text(c) for c in t.split(chunk)]) for k, t in sets.items()}
+    def __init__(self, model: torch.nn.Module, sets: dict[str, torch.Tensor], cached: bool):
+        from methods.projedit import features
+        self.model, self.tokens = model, sets
+        self.h = {k: features(model, "text", t) for k, t in sets.items()} if cached else None
 
     def __call__(self, name: str, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Unit text embeddings of the set `name` (optionally some of its rows), differentiable."""

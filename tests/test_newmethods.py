@@ -142,11 +142,15 @@ def test_projedit_features_are_what_enters_the_projection(model, demo):
     tokens = demo.tokenizer(["a photo of a star.", "a red circle."])
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     state = state_of(model)
-    h, y = projedit.features(model, "text", tokens)
-    assert torch.allclose(h @ model.text_projection, y, atol=1e-5)
-    h, y = projedit.features(model, "image", images)
+    with torch.no_grad():
+        y_text, y_image = model.encode_text(tokens), model.encode_image(images)
+    h = projedit.features(model, "text", tokens)
+    assert torch.allclose(h @ model.text_projection, y_text, atol=1e-5)
+    assert torch.allclose(projedit.project(model, "text", h), y_text, atol=1e-5)
+    h = projedit.features(model, "image", images)
     c = model.visual.attnpool.c_proj
-    assert torch.allclose(c(h), y, atol=1e-5)
+    assert torch.allclose(c(h), y_image, atol=1e-5)
+    assert torch.allclose(projedit.project(model, "image", h), y_image, atol=1e-5)
     assert_unchanged(model, state)
 
 
