@@ -80,7 +80,7 @@ def real_train_view(lm: LoadedModel, ds: DatasetSplits, classname: str, seed: in
 
     def view() -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU stream: make it ours
-            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=stream)))
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=stream, device="cpu")))
             return torch.stack([tfm(im) for im in pil])
     return view
 
