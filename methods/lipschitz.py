@@ -93,7 +93,6 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     names = {p: n for n, p in vis + txt}
     opt = torch.optim.Adam([p for _, p in vis + txt], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                            weight_decay=cfg.weight_decay)
-    original = Snapshot(opt)  # everything ever changed, as it was before unlearning
     tokens = task.tokens([task.caption] * min(len(images), cfg.batch_size))
     n_batches = math.ceil(len(images) / cfg.batch_size)
     acc_steps = min(n_batches, cfg.accum_steps)
@@ -103,7 +102,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     last_rolled_back: dict = {}  # the model just before the last rollback (the paper's fallback)
     by_std: dict[str, dict] = {}
     epochs = rollbacks = steps = 0
-    try:
+    with Snapshot(opt) as original:  # everything ever changed, as it was before unlearning; restored on exit
         for epoch in range(cfg.max_epochs):
             std = cfg.stds[stage]
             k_v, k_t = cfg.k_v + cfg.inc_v[stage], cfg.k_t + cfg.inc_t[stage]
@@ -154,9 +153,6 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
             task.tick(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{best_acc:.3f}")
             if stage >= len(cfg.stds) or acc <= cfg.min_train_acc_stop:
                 break
-    finally:
-        original.restore()
-        opt.zero_grad(set_to_none=True)
     summary = _summary(epochs, rollbacks, steps, acc_before, best_std)
     summary["no_epoch_improved"] = best is None
     return MethodResult(last_rolled_back if best is None else best, summary, by_std)
