@@ -52,7 +52,6 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from common import REPO, UserError, _atomic, atomic_write_json, check_all, check_device, check_writable, \
     class_seed, default_data_root, default_device, run_cli
@@ -60,7 +59,7 @@ from datasets import DatasetSplits, build_datasets, dataset_config
 from datasets.base import load_rgb
 from clip_forget_utils import AUDIT_FILE, audit_file, audit_table, to_markdown
 from models import LoadedModel, check_model, load_model, read_checkpoint
-from zeroshot import classifier_weights, loader, run_model_key
+from zeroshot import classifier_weights, image_features, loader, run_model_key
 
 BLAST_TOP = 5  # the prompts that moved most, kept in audit.json
 
@@ -108,8 +107,11 @@ class Subject:
     # image side
     def features(self, ds: DatasetSplits, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised image features (CPU) and labels of a split."""
-        return self._memo("image", ("features", ds.name, split), lambda: image_features(
-            self.lm, ds.split(split), self.device, self.cfg.batch_size, f"{self.label}: {ds.name} {split} features"))
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            data = loader(ds.split(split), self.lm.preprocess, self.device, self.cfg.batch_size)
+            feats, labels = image_features(self.lm.model, data, self.device, f"{self.label}: {ds.name} {split} features")
+            return feats.cpu(), labels
+        return self._memo("image", ("features", ds.name, split), compute)
 
     def probe_predictions(self, ds: DatasetSplits) -> np.ndarray:
         """Predictions on the audit's split of a linear probe fitted on this model's train-split features."""
@@ -134,17 +136,6 @@ class Subject:
     def prompt_embeddings(self, prompts: tuple[str, ...]) -> torch.Tensor:
         return self._memo("text", ("prompts", prompts), lambda: text_classifier(
             self.lm, list(prompts), ["{}"], self.device).T)
-
-
-@torch.no_grad()
-def image_features(lm: LoadedModel, items, device: str, batch_size: int, desc: str | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    lm.model.eval()
-    feats, labels = [], []
-    for x, y in tqdm(loader(items, lm.preprocess, device, batch_size), desc=desc, leave=False):
-        feats.append(F.normalize(lm.model.encode_image(x.to(device)), dim=-1).cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
 
 
 def text_classifier(lm: LoadedModel, names: Sequence[str], templates: Sequence, device: str) -> torch.Tensor:

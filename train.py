@@ -36,7 +36,8 @@ from forget_cls import default_eval_ds, resolve_targets
 from methods.base import ForgetTask, MethodResult, NonFiniteLoss
 from models import LoadedModel, arch_tag, check_model, config_image_size, load_model, resolve_arch
 from synthetic import check_synthetic, clip_norm, model_view, noise_seed, read_synthetic, synthetic_path
-from zeroshot import EVAL_SCALE, baselines, class_figures, classifier_weights, loader, logits, predict, run_model_key
+from zeroshot import (EVAL_SCALE, baselines, class_figures, classifier_weights, image_features, loader, logits, predict,
+                      run_model_key)
 
 ARCH_CONFIGS = REPO / "configs" / "archs"
 CAPTION = "A picture of {}"  # the paper's caption of every forget image (SPEC §2)
@@ -128,7 +129,7 @@ class Evaluator:
         if image_changed:
             return predict(self.lm.model, self._loader(items), weights, self.device)
         if key not in self.original_features:
-            self.original_features[key] = _features(self.lm.model, self._loader(items), self.device)
+            self.original_features[key] = image_features(self.lm.model, self._loader(items), self.device)
         feats, labels = self.original_features[key]
         return (EVAL_SCALE * feats @ weights).argmax(-1).cpu(), labels
 
@@ -166,16 +167,6 @@ class Evaluator:
                 preds, labels = self.predict((name, "test"), other.test, self.weights(name, text_changed), image_changed)
                 out[name] = {"all": {"all_ds": (preds == labels).float().mean().item()}}
         return out
-
-
-@torch.no_grad()
-def _features(model, data, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    feats, labels = [], []
-    for x, y in data:
-        feats.append(torch.nn.functional.normalize(model.encode_image(x.to(device)), dim=-1))
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
 
 
 # ----------------------------------------------------------------------------- command line

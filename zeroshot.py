@@ -82,6 +82,18 @@ def predict(model: torch.nn.Module, data, weights: torch.Tensor, device: str,
     return torch.cat(preds), torch.cat(labels)
 
 
+@torch.no_grad()
+def image_features(model: torch.nn.Module, data, device: str, desc: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image features (on `device`) and labels over a DataLoader of (image, label) batches."""
+    model.eval()
+    feats, labels = [], []
+    for x, y in tqdm(data, desc=desc, leave=False, disable=desc is None):
+        feats.append(F.normalize(model.encode_image(x.to(device)), dim=-1))
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
 def class_figures(preds: torch.Tensor, labels: torch.Tensor, cls: int) -> dict[str, float]:
     """Accuracy on one class's images, on all the others, and on all (SPEC §3)."""
     correct = (preds == labels).float()
