@@ -59,7 +59,7 @@ from datasets import DatasetSplits, build_datasets, dataset_config
 from datasets.base import load_rgb
 from clip_forget_utils import AUDIT_FILE, audit_file, audit_table, to_markdown
 from models import LoadedModel, check_model, load_model, read_checkpoint
-from zeroshot import classifier_weights, image_features, loader, run_model_key
+from zeroshot import build_classifier, classifier_weights, image_features, loader, run_model_key
 
 BLAST_TOP = 5  # the prompts that moved most, kept in audit.json
 
@@ -140,9 +140,7 @@ class Subject:
 
 def text_classifier(lm: LoadedModel, names: Sequence[str], templates: Sequence, device: str) -> torch.Tensor:
     """(D, len(names)) normalised mean embedding of each name over `templates` (CPU)."""
-    lm.model.eval()
-    return open_clip.build_zero_shot_classifier(lm.model, lm.tokenizer, names, templates,
-                                                num_classes_per_batch=256, device=device).cpu()
+    return build_classifier(lm.model, lm.tokenizer, names, templates, device).cpu()
 
 
 def class_accuracy(feats: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, idx: int) -> float:

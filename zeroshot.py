@@ -36,10 +36,14 @@ def classifier_weights(lm: LoadedModel, ds: DatasetSplits, device: str) -> torch
     return build_classifier(lm.model, lm.tokenizer, names, ds.template, device)
 
 
-def build_classifier(model, tokenizer, classnames: Sequence[str], template: str, device: str) -> torch.Tensor:
+def build_classifier(model, tokenizer, classnames: Sequence[str], template: str | Sequence, device: str
+                     ) -> torch.Tensor:
+    """(D, K) normalised mean embedding of each class name over a template, or over a list of them
+    (format strings or open_clip's callables), in eval mode."""
     was_training = model.training
     model.eval()
-    w = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, [template],
+    templates = [template] if isinstance(template, str) else list(template)
+    w = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
                                              num_classes_per_batch=256, device=device)
     model.train(was_training)
     return w
