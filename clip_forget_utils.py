@@ -469,21 +469,31 @@ def mean_std_markdown(agg: pd.DataFrame, columns: Sequence[str], digits: int = 3
     return to_markdown(table, digits)
 
 
+def class_means(runs: pd.DataFrame, columns: Sequence[str], ddof: int = 1) -> pd.DataFrame:
+    """Per method: the mean over its forget classes of each column, then mean and std over seeds
+    (mean_std layout, with n_classes): one line per method for a whole benchmark."""
+    shown = [c for c in columns if c in runs.columns]
+    per_seed = runs.groupby(["method", "seed"], sort=False).agg(
+        n_classes=("name", "nunique"), **{c: (c, "mean") for c in shown}).reset_index()
+    return mean_std(per_seed.drop(columns="seed"), ["method", "n_classes"], ddof)
+
+
 def plot_tradeoff(runs: pd.DataFrame, path: str | Path | None = None) -> Figure:
     """Forget-class accuracy on real test images against what was lost elsewhere (lost_elsewhere),
     both averaged over the forget classes: one marker per method, error bars = std over seeds.
     With an audit, a hollow marker above or below each shows the linear probe's recall of the class
     (what the image tower still knows)."""
     ys = ["cls_forget"] + (["audit_probe"] if "audit_probe" in runs.columns else [])
-    per_seed = runs.groupby(["method", "seed"], sort=False)[["lost_elsewhere", *ys]].mean()
     fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = fig.subplots()
-    for method, seeds in per_seed.groupby(level=0, sort=False):
-        m = seeds.mean()
-        sd = seeds.std(ddof=1).where(lambda v: v > 0)  # no bar (not a flat cap) where there is no spread
+    for _, row in class_means(runs, ["lost_elsewhere", *ys]).iterrows():
+        m = {c: row[f"{c}_mean"] for c in ["lost_elsewhere", *ys]}
+        # no bar (not a flat cap) where there is no spread
+        sd = {c: row[f"{c}_std"] if row[f"{c}_std"] > 0 else math.nan for c in ["lost_elsewhere", *ys]}
+        n = int(row["n_seeds"])
         drawn = ax.errorbar(m["lost_elsewhere"], m["cls_forget"], xerr=sd["lost_elsewhere"], yerr=sd["cls_forget"],
-                            fmt="o" if method != ORIGINAL else "s", ms=8, capsize=4,
-                            label=f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+                            fmt="o" if row["method"] != ORIGINAL else "s", ms=8, capsize=4,
+                            label=f"{row['method']} ({n} seed{'s' * (n > 1)})")
         if "audit_probe" in ys and not math.isnan(m["audit_probe"]):
             color = drawn[0].get_color()
             ax.errorbar(m["lost_elsewhere"], m["audit_probe"], yerr=sd["audit_probe"], fmt="o", ms=8, capsize=4,
@@ -695,15 +705,6 @@ def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
 VAL_COLUMNS = ["audit_name", "audit_alias", "audit_ensemble", "audit_probe", "audit_rest", "audit_other",
                "audit_relearn_steps", "audit_relearn_acc", "audit_blast_mean", "audit_blast_count",
                "audit_oracle_agreement"]
-
-
-def class_means(runs: pd.DataFrame, columns: Sequence[str], ddof: int = 1) -> pd.DataFrame:
-    """Per method: the mean over its forget classes of each column, then mean and std over seeds
-    (mean_std layout, with n_classes): one line per method for a whole benchmark."""
-    shown = [c for c in columns if c in runs.columns]
-    per_seed = runs.groupby(["method", "seed"], sort=False).agg(
-        n_classes=("name", "nunique"), **{c: (c, "mean") for c in shown}).reset_index()
-    return mean_std(per_seed.drop(columns="seed"), ["method", "n_classes"], ddof)
 
 
 def compare_main(argv: Sequence[str]) -> pd.DataFrame:
