@@ -454,14 +454,16 @@ def compare_methods(dirs: Sequence[str | Path] | pd.DataFrame, ddof: int = 1, **
                            kind="stable").reset_index(drop=True)
 
 
-def mean_std_markdown(agg: pd.DataFrame, columns: Sequence[str], digits: int = 3) -> str:
-    """A Markdown table of mean_std's output: key columns as they are, figures as 'mean ± std'."""
+def mean_std_markdown(agg: pd.DataFrame, columns: Sequence[str], digits: int = 3,
+                      keys: Sequence[str] | None = None) -> str:
+    """A Markdown table of mean_std's output: key columns as they are (default: every column that is not
+    a _mean or _std), figures as 'mean ± std'."""
     def cell(mean: float, std: float) -> str:
         if math.isnan(mean):
             return "-"
         return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
-    keys = [c for c in agg.columns if not c.endswith(("_mean", "_std"))]
+    keys = list(keys) if keys is not None else [c for c in agg.columns if not c.endswith(("_mean", "_std"))]
     shown = [c for c in columns if f"{c}_mean" in agg.columns]
     table = agg[keys].copy()
     for c in shown:
@@ -469,13 +471,16 @@ def mean_std_markdown(agg: pd.DataFrame, columns: Sequence[str], digits: int = 3
     return to_markdown(table, digits)
 
 
-def class_means(runs: pd.DataFrame, columns: Sequence[str], ddof: int = 1) -> pd.DataFrame:
-    """Per method: the mean over its forget classes of each column, then mean and std over seeds
-    (mean_std layout, with n_classes): one line per method for a whole benchmark."""
-    shown = [c for c in columns if c in runs.columns]
-    per_seed = runs.groupby(["method", "seed"], sort=False).agg(
+def class_means(runs: pd.DataFrame, columns: Sequence[str], keys: Sequence[str] = ("method",),
+                ddof: int = 1) -> pd.DataFrame:
+    """Per group of `keys` (a method): the mean over its forget classes of each column, then mean and
+    std over seeds (mean_std layout; n_classes: the fewest classes a seed has): one line per method."""
+    keys, shown = list(keys), [c for c in columns if c in runs.columns]
+    per_seed = runs.groupby([*keys, "seed"], sort=False).agg(
         n_classes=("name", "nunique"), **{c: (c, "mean") for c in shown}).reset_index()
-    return mean_std(per_seed.drop(columns="seed"), ["method", "n_classes"], ddof)
+    out = mean_std(per_seed.drop(columns=["seed", "n_classes"]), keys, ddof)
+    out.insert(len(keys), "n_classes", per_seed.groupby(keys, sort=False)["n_classes"].min().to_numpy())
+    return out
 
 
 def plot_tradeoff(runs: pd.DataFrame, path: str | Path | None = None) -> Figure:

@@ -636,7 +636,7 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     means of each seed, then mean and std over seeds). Only the sweep's classes, only finished runs."""
     import pandas as pd
 
-    from clip_forget_utils import aggregate_seeds, compute_avg_gain, create_results, other_datasets
+    from clip_forget_utils import aggregate_seeds, class_means, compute_avg_gain, create_results, other_datasets
     wanted = pd.MultiIndex.from_tuples(sweep.classes, names=["ds", "name"])
     per_class, per_seed = [], []
     for tag in sweep.tags:
@@ -652,7 +652,7 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 df = df[df.set_index(["ds", "name"]).index.isin(wanted)]
                 others = other_datasets(df)
                 per_seed.append(pd.DataFrame({
-                    "backbone": tag, "method": method, "seed": seed,
+                    "backbone": tag, "method": method, "seed": seed, "name": df["name"],
                     "forget_before": df.cls_Noforget, "forget": df.cls_forget,
                     "rest_before": df.full_Noforget, "rest": df.full_forget,
                     "other_before": df[[f"full_{d}" for d in others]].mean(axis=1),  # NaN for its own dataset
@@ -662,13 +662,7 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise UserError(f"no finished unlearning run under {root} yet: run the sweep first")
     classes = pd.concat(per_class, ignore_index=True)
     classes = classes[["backbone", "method"] + [c for c in classes.columns if c not in ("backbone", "method")]]
-    seeds = pd.concat(per_seed, ignore_index=True)
-    counts = seeds.groupby(["backbone", "method", "seed"], sort=False).size()
-    means = seeds.groupby(["backbone", "method", "seed"], sort=False)[SUMMARY].mean()
-    g = means.groupby(level=["backbone", "method"], sort=False)
-    methods = pd.concat([g.size().rename("n_seeds"), counts.groupby(level=["backbone", "method"], sort=False)
-                         .min().rename("n_classes"), g.mean().add_suffix("_mean"), g.std().add_suffix("_std")],
-                        axis=1).reset_index()
+    methods = class_means(pd.concat(per_seed, ignore_index=True), SUMMARY, keys=["backbone", "method"])
     return classes, methods
 
 
@@ -698,19 +692,19 @@ def audit_runs(sweep: Sweep, root: Path) -> list[str]:
 def report(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write report.csv (per class), report_methods.csv, report.md and report.png next to the results
     (and, with the sweep file's `audit`, the audit of every run and the methods compared)."""
-    from clip_forget_utils import to_markdown
+    from clip_forget_utils import mean_std_markdown
     compared = audit_runs(sweep, root) if sweep.audit else []
     classes, methods = collect(sweep, root)
     n_runs = len(expand_train(sweep, root))
     n_done = int(classes.n_seeds.sum())
-    table = _pm(methods, ["backbone", "method", "n_seeds", "n_classes"], SUMMARY)
-    class_table = _pm(classes, ["backbone", "method", "ds", "name", "n_seeds"],
-                      ["cls_Noforget", "cls_forget", "full_Noforget", "full_forget", "score"])
+    table = mean_std_markdown(methods, SUMMARY, keys=["backbone", "method", "n_seeds", "n_classes"])
+    class_table = mean_std_markdown(classes, ["cls_Noforget", "cls_forget", "full_Noforget", "full_forget", "score"],
+                                    keys=["backbone", "method", "ds", "name", "n_seeds"])
     text = (f"# Sweep {sweep.name}\n\n{n_done} of {n_runs} unlearning runs finished. Mean ± std over seeds of "
             "the mean over classes: forget = the forget class's test accuracy, rest = the other classes of its "
             "dataset, other = the other datasets (each: before -> after unlearning); score: the paper's "
-            "(lower is better).\n\n" + to_markdown(table) +
-            "\n## Per class (mean ± std over seeds)\n\n" + to_markdown(class_table)
+            "(lower is better).\n\n" + table +
+            "\n## Per class (mean ± std over seeds)\n\n" + class_table
             + (f"\nThe forgetting audit of every run, per class and method: {', '.join(compared)}.\n"
                if compared else ""))
     atomic_write_text(root / "report.md", text)
@@ -724,17 +718,6 @@ def report(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def expand_train(sweep: Sweep, root: Path) -> list[Job]:
     return [j for j in expand(sweep, root) if j.kind == "train"]
-
-
-def _pm(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
-    """keys, then 'mean ± std' text for each column (std '-' when there is one seed)."""
-    import pandas as pd
-    out = df[keys].copy()
-    for c in cols:
-        mean, std = df[f"{c}_mean"], df[f"{c}_std"]
-        out[c] = [("-" if pd.isna(m) else f"{m:.3f}") + ("" if pd.isna(s) else f" ± {s:.3f}")
-                  for m, s in zip(mean, std)]
-    return out
 
 
 def plot(methods: pd.DataFrame, path: Path) -> None:
