@@ -38,272 +38,29 @@ printed, and `clip_forget_utils.create_results` adds the audit_* columns.
 """
 from __future__ import annotations
 
+import interrupts  # noqa: F401  (first: Ctrl-C during the imports below is one line)
+
 import argparse
-import hashlib
 import json
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import open_clip
+import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from common import REPO, UserError, _atomic, atomic_write_json, check_all, check_device, check_writable, \
-    class_seed, default_data_root, default_device, run_cli
-from datasets import DatasetSplits, build_datasets, dataset_config
-from datasets.base import load_rgb
-from clip_forget_utils import AUDIT_FILE, audit_file, audit_table, to_markdown
-from models import LoadedModel, check_model, load_model, read_checkpoint
-from zeroshot import build_classifier, classifier_weights, image_features, loader, run_model_key
-
-BLAST_TOP = 5  # the prompts that moved most, kept in audit.json
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """Every setting of the audit; recorded in audit.json (another value needs --redo)."""
-    probe_c: float = 1.0  # inverse L2 strength of the linear probe (scikit-learn's C), standardised features
-    probe_max_iter: int = 1000
-    relearn_k: int = 8  # real train images of the forget class (fewer if the class has fewer)
-    relearn_steps: int = 40  # the budget: full-batch Adam steps
-    # Adam on every parameter but BatchNorm's and the logit scale, BatchNorm in eval mode, no weight
-    # decay; lr None: the architecture's unlearning lr (configs/archs), the same for every method
-    relearn_lr: float | None = None
-    relearn_betas: tuple[float, float] = (0.9, 0.98)
-    relearn_eps: float = 1e-6
-    relearn_back: float = 0.5  # "relearned" = name accuracy >= this x the original model's
-    blast_template: str = "a photo of a {}."  # open_clip's ImageNet class names in this template
-    blast_threshold: float = 0.05  # a prompt "moved" when 1 - cos exceeds this
-    split: str = "test"  # where the probes are measured: test (to report) or val (to choose methods by)
-    batch_size: int = 256  # images per forward pass
-
-
-# ----------------------------------------------------------------------------- the models audited
-class Subject:
-    """One model state the audit probes: the original model, or an unlearned one (the same module
-    with a class's changed tensors applied). A tower that is bit-identical to `base`'s reuses base's
-    cached features or embeddings: they are never recomputed."""
-
-    def __init__(self, label: str, lm: LoadedModel, device: str, cfg: AuditConfig, base: "Subject | None" = None,
-                 same_image: bool = False, same_text: bool = False):
-        self.label, self.lm, self.device, self.cfg = label, lm, device, cfg
-        self.base, self.same = base, {"image": same_image and base is not None, "text": same_text and base is not None}
-        self.cache: dict = {}
-        self.frozen = False  # True while the module holds other weights: nothing new may be computed
-
-    def _memo(self, tower: str, key, compute: Callable):
-        owner = self.base if self.same[tower] else self
-        if key not in owner.cache:
-            if owner.frozen:  # computing now would measure another model's weights under this one's name
-                raise RuntimeError(f"{owner.label}: {key[0]} was not computed before the weights changed")
-            owner.cache[key] = compute()
-        return owner.cache[key]
-
-    # image side
-    def features(self, ds: DatasetSplits, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image features (CPU) and labels of a split."""
-        def compute() -> tuple[torch.Tensor, torch.Tensor]:
-            data = loader(ds.split(split), self.lm.preprocess, self.device, self.cfg.batch_size)
-            feats, labels = image_features(self.lm.model, data, self.device, f"{self.label}: {ds.name} {split} features")
-            return feats.cpu(), labels
-        return self._memo("image", ("features", ds.name, split), compute)
-
-    def probe_predictions(self, ds: DatasetSplits) -> np.ndarray:
-        """Predictions on the audit's split of a linear probe fitted on this model's train-split features."""
-        return self._memo("image", ("probe", ds.name, self.cfg.split), lambda: linear_probe(
-            *self.features(ds, "train"), self.features(ds, self.cfg.split)[0], self.cfg))
-
-    # text side
-    def classifier(self, ds: DatasetSplits, ensemble: bool = False) -> torch.Tensor:
-        """(D, K) zero-shot weights (CPU): the dataset's template, or its whole template ensemble."""
-        if not ensemble:
-            return self._memo("text", ("name", ds.name), lambda: classifier_weights(self.lm, ds, self.device).cpu())
-        return self._memo("text", ("ensemble", ds.name), lambda: text_classifier(
-            self.lm, [c.replace("_", " ") for c in ds.classnames], ds.templates, self.device))
-
-    def alias_weight(self, ds: DatasetSplits, classname: str) -> torch.Tensor | None:
-        aliases = ds.aliases.get(classname)
-        if not aliases:
-            return None
-        return self._memo("text", ("alias", ds.name, classname), lambda: F.normalize(
-            text_classifier(self.lm, aliases, [ds.template], self.device).mean(1), dim=0))
-
-    def prompt_embeddings(self, prompts: tuple[str, ...]) -> torch.Tensor:
-        return self._memo("text", ("prompts", prompts), lambda: text_classifier(
-            self.lm, list(prompts), ["{}"], self.device).T)
-
-
-def text_classifier(lm: LoadedModel, names: Sequence[str], templates: Sequence, device: str) -> torch.Tensor:
-    """(D, len(names)) normalised mean embedding of each name over `templates` (CPU)."""
-    return build_classifier(lm.model, lm.tokenizer, names, templates, device).cpu()
-
-
-def class_accuracy(feats: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, idx: int) -> float:
-    """Zero-shot accuracy on the images of class `idx`."""
-    mask = labels == idx
-    return ((feats[mask] @ weights).argmax(-1) == idx).float().mean().item()
-
-
-def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, cfg: AuditConfig) -> np.ndarray:
-    """Predictions on x_test of a logistic regression fitted on (x_train, y_train) (deterministic)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe_c, max_iter=cfg.probe_max_iter))
-    probe.fit(x_train.double().numpy(), y_train.numpy())
-    return probe.predict(x_test.double().numpy())
-
-
-# ----------------------------------------------------------------------------- relearning
-def relearn(lm: LoadedModel, ds: DatasetSplits, idx: int, target: float, cfg: AuditConfig, seed: int,
-            device: str) -> dict:
-    """Fine-tune the model on cfg.relearn_k real train images of class `idx` (cross-entropy of its
-    zero-shot logits, its own logit scale, against every class prompt of `ds`) and follow the class's
-    accuracy on the audit's split (the name probe) after every step. The model is restored afterwards.
-
-    Returns {"steps": first step with accuracy >= target (0: already there; None: not within the
-    budget), "acc": accuracy after the budget, "curve": accuracy after 0..budget steps, "k": images}.
-    """
-    model = lm.model
-    g = torch.Generator().manual_seed(class_seed(seed, ds.name, ds.classnames[idx]))
-    train = [d for d in ds.train if d.label == idx]
-    pick = torch.randperm(len(train), generator=g)[:cfg.relearn_k].tolist()
-    x_train = torch.stack([lm.preprocess(load_rgb(train[i].impath)) for i in sorted(pick)]).to(device)
-    x_test = torch.stack([lm.preprocess(load_rgb(d.impath)) for d in ds.split(cfg.split) if d.label == idx]).to(device)
-    prompts = lm.tokenizer([ds.prompt(c) for c in ds.classnames]).to(device)
-    y = torch.full((len(x_train),), idx, device=device)
-
-    def accuracy() -> float:
-        with torch.no_grad():
-            w = F.normalize(model.encode_text(prompts), dim=-1)
-            feats = torch.cat([model.encode_image(x) for x in x_test.split(cfg.batch_size)])
-            return (F.normalize(feats, dim=-1) @ w.T).argmax(-1).eq(idx).float().mean().item()
-
-    lr = cfg.relearn_lr if cfg.relearn_lr is not None else arch_lr(lm)
-    params = trainable(model)
-    saved = [(p.detach().clone(), p.requires_grad) for p in params]
-    for p in params:
-        p.requires_grad_(True)  # whatever an earlier step of the pipeline froze
-    opt = torch.optim.Adam(params, lr=lr, betas=cfg.relearn_betas, eps=cfg.relearn_eps, weight_decay=0.0,
-                           fused=True)  # one kernel for all tensors: 5x faster on a CPU
-    model.eval()  # BatchNorm statistics stay as they are; CLIP has no dropout to switch
-    curve = [accuracy()]
-    try:
-        for _ in range(cfg.relearn_steps):
-            img = F.normalize(model.encode_image(x_train), dim=-1)
-            txt = F.normalize(model.encode_text(prompts), dim=-1)
-            loss = F.cross_entropy(model.logit_scale.exp() * img @ txt.T, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            curve.append(accuracy())
-    finally:
-        with torch.no_grad():
-            for p, (value, grad) in zip(params, saved):
-                p.copy_(value)
-                p.requires_grad_(grad)
-        opt.zero_grad(set_to_none=True)
-    steps = next((s for s, a in enumerate(curve) if a >= target), None)
-    return {"steps": steps, "acc": curve[-1], "curve": curve, "k": len(x_train)}
-
-
-def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Every parameter but BatchNorm's and the logit scale (relearning must not just sharpen logits)."""
-    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-          for p in m.parameters()}
-    return [p for n, p in model.named_parameters() if id(p) not in bn and n != "logit_scale"]
-
-
-def arch_lr(lm: LoadedModel) -> float:
-    """The paper's unlearning lr for this architecture (configs/archs, else the method's default)."""
-    from methods.lipschitz import Config
-    from train import arch_config
-    return float(arch_config(lm.name).get("lr", Config.lr))
-
-
-# ----------------------------------------------------------------------------- one class
-def blast_prompts(datasets: dict[str, DatasetSplits], template: str) -> tuple[str, ...]:
-    """open_clip's ImageNet class names in `template`, minus every class prompt of the run."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-    own = {ds.prompt(c) for ds in datasets.values() for c in ds.classnames}
-    return tuple(dict.fromkeys(p for p in (template.format(c) for c in IMAGENET_CLASSNAMES) if p not in own))
-
-
-def subject_figures(subject: Subject, original: Subject, ds: DatasetSplits, classname: str, prompts: tuple[str, ...],
-                    target: float, seed: int, others: Sequence[DatasetSplits] = (), blast: bool = True) -> dict:
-    """Every figure of AUDIT_FIGURES for one model state and one class on the audit's split, with the
-    relearning curve, the predictions on the class's images and the prompts that moved most
-    (blast_top); the state's weights must be in the module now. `others`: the run's other evaluated
-    datasets; blast False: no blast radius (a model trained apart, the oracle, moves every prompt)."""
-    idx, cfg = ds.classnames.index(classname), subject.cfg
-    feats, labels = subject.features(ds, cfg.split)
-    w = subject.classifier(ds)
-    preds = (feats @ w).argmax(-1)
-    mask = labels == idx
-    out = {"name": preds[mask].eq(idx).float().mean().item(),
-           "ensemble": class_accuracy(feats, labels, subject.classifier(ds, ensemble=True), idx),
-           "rest": preds[~mask].eq(labels[~mask]).float().mean().item()}
-    alias = subject.alias_weight(ds, classname)
-    if alias is None:
-        out["alias"] = None
-    else:
-        w_alias = w.clone()
-        w_alias[:, idx] = alias
-        out["alias"] = class_accuracy(feats, labels, w_alias, idx)
-    out["probe"] = float((subject.probe_predictions(ds)[labels.numpy() == idx] == idx).mean())
-    out["others"] = {}
-    for o in others:
-        f, y = subject.features(o, cfg.split)
-        out["others"][o.name] = (f @ subject.classifier(o)).argmax(-1).eq(y).float().mean().item()
-    out["other"] = float(np.mean(list(out["others"].values()))) if out["others"] else None
-    back = relearn(subject.lm, ds, idx, target, cfg, seed, subject.device)
-    out.update(relearn_steps=back["steps"], relearn_acc=back["acc"], relearn_curve=back["curve"], relearn_k=back["k"],
-               forget_preds=preds[mask].tolist())
-    if not blast:
-        return {**out, "blast_mean": None, "blast_count": None, "blast_top": []}
-    moved = prompt_shift(subject, original, prompts)
-    top = moved.topk(min(BLAST_TOP, len(prompts)))
-    out.update(blast_mean=moved.mean().item(), blast_count=int((moved > cfg.blast_threshold).sum()),
-               blast_top=[[prompts[i], round(v, 4)] for v, i in zip(top.values.tolist(), top.indices.tolist()) if v > 0])
-    return out
-
-
-def prompt_shift(subject: Subject, original: Subject, prompts: tuple[str, ...]) -> torch.Tensor:
-    """1 - cos between the subject's and the original's text embedding of each prompt; exactly 0 for
-    an unchanged text tower (nothing is recomputed)."""
-    if subject.same["text"] or subject is original:
-        return torch.zeros(len(prompts))
-    # for unit vectors 1 - cos = |a - b|^2 / 2: exactly 0 for an unmoved prompt (1 - a.b is not: rounding)
-    return (subject.prompt_embeddings(prompts) - original.prompt_embeddings(prompts)).pow(2).sum(-1) / 2
-
-
-@contextmanager
-def applied(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> Iterator[None]:
-    """The model with `changed` tensors in place of its own, restored on exit."""
-    state = model.state_dict()
-    unknown = [n for n in changed if n not in state]
-    if unknown:
-        raise UserError(f"changed tensor '{unknown[0]}' is not a parameter of this model")
-    kept = {n: state[n].clone() for n in changed}
-    try:
-        for n, t in changed.items():
-            state[n].copy_(t)
-        yield
-    finally:
-        for n, t in kept.items():
-            state[n].copy_(t)
-
-
-def towers_changed(changed: dict[str, torch.Tensor]) -> dict[str, bool]:
-    """Which towers a set of changed tensors touches (the logit scale belongs to neither)."""
-    return {"image": any(n.startswith("visual.") for n in changed),
-            "text": any(not n.startswith("visual.") and n != "logit_scale" for n in changed)}
-
+from common import ArgumentParser, UserError, _atomic, check_all, check_device, check_writable, default_data_root, \
+    default_device, file_hash, run_cli
+from datasets import DatasetSplits, build_datasets
+from models import LoadedModel, applied, check_model, load_model, read_checkpoint, towers_changed
+from probes import ORACLE, ORIGINAL, UNLEARNED, AuditConfig, Case, Figure, Subject, blast_prompts, class_accuracy, \
+    figures, run_probes
+from runs import RunFolder
+from tables import to_markdown
+from zeroshot import run_model_key
 
 class Auditor:
     """The original model of runs and their datasets, with everything about the original computed once
@@ -315,7 +72,7 @@ class Auditor:
         self.lm, self.datasets, self.cfg, self.device = lm, datasets, cfg, device
         self.evaluated = [d for d in evaluated if d in datasets]  # the run's evaluated datasets (--eval_ds)
         self.oracle, self.data_root = oracle, data_root
-        self.original = Subject("original", lm, device, cfg)
+        self.original = Subject(ORIGINAL, lm, device, cfg)
         self.prompts = blast_prompts(datasets, cfg.blast_template)
         self.done: dict = {}  # (dataset, class, seed) -> the references' figures
 
@@ -325,83 +82,60 @@ class Auditor:
         refs = [self.original]
         if self.oracle:
             from models import load_demo_oracle
-            refs.append(Subject("oracle", load_demo_oracle([(ds_name, classname)], self.device, self.data_root),
+            refs.append(Subject(ORACLE, load_demo_oracle([(ds_name, classname)], self.device, self.data_root),
                                 self.device, self.cfg))
         return refs
 
     def audit_class(self, ds_name: str, classname: str, changed: dict[str, torch.Tensor], seed: int = 0) -> dict:
-        """Figures of the original (and the oracle) and of the model with `changed` applied; `seed`
-        draws the relearning images. With the oracle: how often the unlearned model predicts what the
-        oracle predicts on the class's images (oracle_agreement)."""
+        """Every probe (probes.PROBES) of the original (and the oracle) and of the model with `changed`
+        applied; `seed` draws the relearning images."""
         ds = self.datasets[ds_name]
-        idx = ds.classnames.index(classname)
         others = [self.datasets[d] for d in self.evaluated if d != ds_name]
         start = time.time()
+
+        def case(subject: Subject, target: float, references: dict) -> Case:
+            return Case(subject, self.original, ds, classname, others, self.prompts, target, seed,
+                        blast=subject.label != ORACLE, references=references)
         if (ds_name, classname, seed) not in self.done:  # with the original weights, before any change
-            name_acc = class_accuracy(*self.original.features(ds, self.cfg.split), self.original.classifier(ds), idx)
-            self.done[(ds_name, classname, seed)] = {ref.label: subject_figures(
-                ref, self.original, ds, classname, self.prompts, self.cfg.relearn_back * name_acc, seed, others,
-                blast=ref is self.original) for ref in self.references(ds_name, classname)}
+            idx = ds.classnames.index(classname)
+            target = self.cfg.relearn_back * class_accuracy(*self.original.features(ds, self.cfg.split),
+                                                            self.original.classifier(ds), idx)
+            self.done[(ds_name, classname, seed)] = {ref.label: run_probes(case(ref, target, {}))
+                                                     for ref in self.references(ds_name, classname)}
         refs = self.done[(ds_name, classname, seed)]
         self.original.prompt_embeddings(self.prompts)  # the blast radius's reference
         towers = towers_changed(changed)
-        unlearned = Subject("unlearned", self.lm, self.device, self.cfg, self.original,
+        unlearned = Subject(UNLEARNED, self.lm, self.device, self.cfg, self.original,
                             same_image=not towers["image"], same_text=not towers["text"])
-        self.original.frozen = True
+        self.original.weights_elsewhere = True
         try:
             with applied(self.lm.model, {n: t.to(self.device) for n, t in changed.items()}):
-                after = subject_figures(unlearned, self.original, ds, classname, self.prompts,
-                                        self.cfg.relearn_back * refs["original"]["name"], seed, others)
+                after = run_probes(case(unlearned, self.cfg.relearn_back * refs[ORIGINAL]["name"], refs))
         finally:
-            self.original.frozen = False
-        if "oracle" in refs:
-            after["oracle_agreement"] = float(np.mean(np.equal(after["forget_preds"], refs["oracle"]["forget_preds"])))
+            self.original.weights_elsewhere = False
         notes = []
         if not ds.aliases.get(classname):
             notes.append("no alias for this class in the dataset's config: alias is None")
         if after["relearn_k"] < self.cfg.relearn_k:
             notes.append(f"relearn used the class's {after['relearn_k']} train images (< {self.cfg.relearn_k})")
         return {"changed_towers": [t for t, c in towers.items() if c], "n_changed": len(changed),
-                "blast_prompts": len(self.prompts), **refs, "unlearned": after,
+                "blast_prompts": len(self.prompts), **refs, UNLEARNED: after,
                 "notes": notes, "seconds": round(time.time() - start, 1)}
 
 
 # ----------------------------------------------------------------------------- run folders
-@dataclass
-class Run:
-    folder: Path
-    args: dict
-    classes: list[tuple[str, str, Path]]  # (dataset, class, model file) of every finished class
-
-
-def read_run(folder: Path) -> tuple[Run | None, list[str]]:
-    """A run folder's settings and finished classes, or the problems that stop its audit."""
-    if not folder.is_dir():
-        return None, [f"run folder {folder} not found"]
-    try:
-        logs = json.loads((folder / "logs.json").read_text())
-        args = json.loads((folder / "args.txt").read_text())
-    except FileNotFoundError as e:
-        seeds = sorted(p.name for p in folder.glob("seed_*"))
-        return None, [f"{folder}: no {Path(e.filename).name}" + (f"; pass a seed folder: {', '.join(seeds)}" if seeds
-                                                                 else " (has train.py run there?)")]
-    except json.JSONDecodeError as e:
-        return None, [f"{folder}: unreadable logs.json or args.txt ({e.msg})"]
-    classes, missing = [], []
-    for ds, entries in logs.items():
-        if ds == "settings" or not isinstance(entries, dict):
-            continue
-        for cls, log in entries.items():
-            if isinstance(log, dict) and log.get("final_results"):
-                path = folder / "models" / ds / f"{cls.replace('/', '_')}.pt"
-                (classes if path.is_file() else missing).append((ds, cls, path))
-    problems = []
+def run_problems(run: RunFolder) -> list[str]:
+    """Why a run folder cannot be audited (empty if it can): not a run folder, nothing finished, or a
+    finished request without its saved model."""
+    problems = run.problems()
+    if problems:
+        return problems
+    finished = run.finished()
+    missing = [run.delta_file(d, c) for d, c in finished if not run.delta_file(d, c).is_file()]
     if missing:
-        problems.append(f"{folder}: no saved model for {len(missing)} class(es), e.g. {missing[0][2]}: the audit "
-                        "needs train.py --save_best_model 1 (train.sh sets it)")
-    if not classes and not missing:
-        problems.append(f"{folder}: no finished class in logs.json yet")
-    return Run(folder, args, [(d, c, p) for d, c, p in classes]), problems
+        return [f"{run.path}: no saved model for {len(missing)} class(es), e.g. {missing[0]}: the audit needs "
+                "train.py --save_best_model 1 (train.sh sets it)"]
+    return [] if finished else [f"{run.path}: no finished class in {run.log_name} yet"]
 
 
 def settings_of(cfg: AuditConfig, seed: int, model_key: str, oracle: bool = False) -> dict:
@@ -410,41 +144,34 @@ def settings_of(cfg: AuditConfig, seed: int, model_key: str, oracle: bool = Fals
             "oracle": oracle}
 
 
-def run_seed(run: Run, seed: int | None) -> int:
-    """The seed of the relearning images: the run's own unless given."""
-    return int(run.args.get("seed", 0)) if seed is None else seed
-
-
-def read_audit(path: Path, settings: dict, redo: bool) -> dict:
-    """The run's audit.json to continue (same settings), or a new one."""
-    if redo or not path.is_file():
+def read_audit(run: RunFolder, split: str, settings: dict, redo: bool) -> dict:
+    """The run's audit of `split` to continue (same settings), or a new one."""
+    if redo or not run.audit_file(split).is_file():
         return {"settings": settings}
     try:
-        audit = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON; rerun with --redo") from None
+        audit = run.audit(split)
+    except UserError:
+        raise UserError(f"{run.audit_file(split)} is not valid JSON; rerun with --redo") from None
     old = audit.get("settings", {})
     diff = [k for k in settings if json.dumps(old.get(k)) != json.dumps(settings[k])]
     if diff:
-        raise UserError(f"{path} was made with other settings ({', '.join(diff)}); rerun with --redo to replace it")
+        raise UserError(f"{run.audit_file(split)} was made with other settings ({', '.join(diff)}); rerun with --redo "
+                        "to replace it")
     return audit
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
-
-
-def audit_run(run: Run, auditor: Auditor, seed: int | None = None, redo: bool = False) -> dict:
-    """Audit every finished class of a run, writing audit.json after each; returns its content."""
-    key = run.args.get("model_key") or run_model_key(run.args["backbone_arch"], run.args.get("pretrained"),
-                                                     run.args.get("seed", 0))
-    seed = run_seed(run, seed)
-    path = run.folder / audit_file(auditor.cfg.split)
-    audit = read_audit(path, settings_of(auditor.cfg, seed, key, auditor.oracle), redo)
-    for ds, cls, model_file in run.classes:
+def audit_run(run: RunFolder, auditor: Auditor, seed: int | None = None, redo: bool = False) -> dict:
+    """Audit every finished class of a run, writing its audit file after each; returns its content."""
+    args = run.settings()
+    key = args.get("model_key") or run_model_key(args["backbone_arch"], args.get("pretrained"), args.get("seed", 0))
+    seed = int(args.get("seed", 0)) if seed is None else seed  # the relearning images: the run's seed unless given
+    split = auditor.cfg.split
+    audit = read_audit(run, split, settings_of(auditor.cfg, seed, key, auditor.oracle), redo)
+    for ds, cls in run.finished():
+        model_file = run.delta_file(ds, cls)
         sha = file_hash(model_file)
         if audit.get(ds, {}).get(cls, {}).get("model_sha1") == sha:
-            print(f"{ds}/{cls}: already in {path}, skipped")
+            print(f"{ds}/{cls}: already in {run.audit_file(split)}, skipped")
             continue
         saved = read_checkpoint(str(model_file))
         if not isinstance(saved, dict) or "changed" not in saved:
@@ -453,43 +180,73 @@ def audit_run(run: Run, auditor: Auditor, seed: int | None = None, redo: bool = 
             raise UserError(f"{model_file} was made from model '{saved['model_key']}', not the run's '{key}'")
         entry = auditor.audit_class(ds, cls, saved["changed"], seed)
         audit.setdefault(ds, {})[cls] = {"model_sha1": sha, **entry}
-        atomic_write_json(path, audit)  # after every class: an interruption loses nothing finished
+        run.write_audit(split, audit)  # after every class: an interruption loses nothing finished
         print(summary_line(ds, cls, entry))
     return audit
 
 
+def fmt(v: Any, digits: int = 3) -> str:
+    """A figure for people: '-' for none, floats rounded."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def cell(figure: Figure, figs: dict, entry: dict, digits: int = 3) -> str:
+    """One model's figure as the table and the summary line show it."""
+    return figure.cell(figs, entry) if figure.cell else fmt(figs.get(figure.key), digits)
+
+
 def summary_line(ds: str, cls: str, entry: dict) -> str:
     b, a = entry["original"], entry["unlearned"]
-
-    def fmt(v) -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if isinstance(v, float) \
-            else str(v)
-    parts = [f"{f} {fmt(b[f])}->{fmt(a[f])}" for f in ("name", "ensemble", "alias", "probe", "relearn_acc")]
-    parts += [f"relearn steps {fmt(a['relearn_steps'])}",
-              f"blast {fmt(a['blast_mean'])} ({a['blast_count']}/{entry['blast_prompts']} moved)"]
+    parts = [f"{f.label} {cell(f, b, entry)}->{cell(f, a, entry)}" if f.paired else f"{f.label} {cell(f, a, entry)}"
+             for f in figures() if f.plot or not f.paired]
     return f"audit {ds}/{cls}: " + " | ".join(parts) + f" | {entry['seconds']:.1f} s"
+
+
+def audit_table(run: RunFolder, digits: int = 3, split: str = "test") -> pd.DataFrame:
+    """A run's audit of `split` as a display table: per class, 'original -> unlearned' for each paired
+    figure (and the oracle's, when it was audited), the unlearned model's value for the others."""
+    rows = []
+    for (ds, name), e in run.audited(split).items():
+        before, after, oracle = e[ORIGINAL], e[UNLEARNED], e.get(ORACLE)
+        row = {"ds": ds, "name": name, "changed": ", ".join(e.get("changed_towers", [])) or "nothing"}
+        for f in figures():
+            if f.key not in after and f.key not in before:
+                continue  # a figure this audit file predates, or one for another audit (oracle_agreement)
+            row[f.label] = cell(f, after, e, digits)
+            if f.paired:
+                row[f.label] = f"{cell(f, before, e, digits)} → {row[f.label]}" + \
+                    (f" (oracle {cell(f, oracle, e, digits)})" if oracle else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+AUDIT_LEGEND = ("Forget-class figures on real images, original → unlearned model: " + "; ".join(
+    f"{f.label}: {f.legend}" for f in figures()) + ". 'oracle': the demo CLIP retrained without the class.")
 
 
 # ----------------------------------------------------------------------------- the plot
 def plot_audit(audit: dict, path: str | Path | None = None):
-    """One row per class: the probes side by side (original vs unlearned), and the relearning curves."""
-    from matplotlib.figure import Figure
+    """One row per class: the plotted figures side by side (original, oracle, unlearned), and the relearning
+    curves."""
+    from matplotlib.figure import Figure as PlotFigure
     entries = [(ds, cls, e) for ds, classes in audit.items() if ds != "settings" for cls, e in classes.items()]
-    fig = Figure(figsize=(11, 2.9 * max(len(entries), 1)), layout="constrained")
+    fig = PlotFigure(figsize=(11, 2.9 * max(len(entries), 1)), layout="constrained")
     axes = fig.subplots(max(len(entries), 1), 2, squeeze=False, width_ratios=[3, 2])
-    probes = ("name", "ensemble", "alias", "probe", "relearn_acc")
+    plotted = [f for f in figures() if f.plot]
     colors = {"original": "#8c9fb8", "oracle": "#5a9e6f", "unlearned": "#d9712b"}
     for (ax, ax_curve), (ds, cls, e) in zip(axes, entries):
         labels = [k for k in e if isinstance(e[k], dict) and "name" in e[k]]  # the audited models
-        x = np.arange(len(probes))
+        x = np.arange(len(plotted))
         width = 0.8 / len(labels)
         for j, label in enumerate(labels):
-            values = [e[label][p] for p in probes]
+            values = [e[label].get(f.key) for f in plotted]
             drawn = ax.bar(x + (j - (len(labels) - 1) / 2) * width, [0 if v is None else v for v in values], width,
                            label=label, color=colors.get(label))
             ax.bar_label(drawn, ["n/a" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=1)
             ax_curve.plot(e[label]["relearn_curve"], label=label, color=colors.get(label))
-        ax.set_xticks(x, ["name", "ensemble", "alias", "linear probe", "after relearn"], fontsize=8)
+        ax.set_xticks(x, [f.label for f in plotted], fontsize=8)
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("forget-class accuracy")
         u = e["unlearned"]
@@ -509,68 +266,10 @@ def plot_audit(audit: dict, path: str | Path | None = None):
     return fig
 
 
-# ----------------------------------------------------------------------------- the paper's 12 classes: tokens
-def token_report(tokenizer, classnames: dict[str, list[str]], templates: dict[str, str],
-                 forget: dict[str, list[str]], blast_template: str = AuditConfig.blast_template) -> list[dict]:
-    """Per forget class, what each text-side method would change, found with the tokenizer alone.
-
-    The token-row method (--towers token, --method improved) edits the tokens of the class's prompt
-    that no other class prompt of the run uses (methods.hinge.own_token_rows, every dataset of `classnames`
-    being the run); `imagenet_prompts_hit` counts open_clip's ImageNet prompts that contain one of
-    them (they move too). Methods that train the text transformer (the paper's, --towers text/both)
-    change the embedding of every prompt; --towers image changes none.
-    """
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    from methods.hinge import own_token_rows
-    prompts = {d: [templates[d].format(c.replace("_", " ")) for c in names] for d, names in classnames.items()}
-    imagenet = tokenizer([blast_template.format(c) for c in IMAGENET_CLASSNAMES])
-    rows = []
-    for d, names in forget.items():
-        tokens = tokenizer(prompts[d])
-        also = tokenizer([p for o in classnames if o != d for p in prompts[o]]) if len(classnames) > 1 else None
-        for cls in names:
-            idx = classnames[d].index(cls)
-            own = own_token_rows(tokens, idx, also)
-            in_order = [t for t in tokens[idx].tolist() if t in own]
-            hit = torch.isin(imagenet, torch.tensor(own, dtype=imagenet.dtype)).any(1).sum().item() if own else 0
-            ids = list(dict.fromkeys(in_order))
-            rows.append({"ds": d, "name": cls, "prompt": prompts[d][idx], "token_ids": ids,
-                         "token_rows": [token_text(tokenizer, t) for t in ids], "imagenet_prompts_hit": int(hit)})
-    return rows
-
-
-def token_text(tokenizer, token_id: int) -> str:
-    return tokenizer.decoder[token_id].replace("</w>", "")
-
-
-def paper_token_report(arch: str = "RN50") -> list[dict]:
-    """token_report for the paper's 12 classes: class lists from reference/, templates from configs/."""
-    from forget_cls import FORGET_CLASSES
-    from models import arch_tag, resolve_arch
-    ref = json.loads((REPO / "reference" / f"zeroshot_openai_{arch_tag(arch)}.json").read_text())
-    classnames = {d: list(classes) for d, classes in ref.items()}
-    templates = {d: dataset_config(d).template for d in classnames}
-    return token_report(open_clip.get_tokenizer(resolve_arch(arch)), classnames, templates,
-                        {d: FORGET_CLASSES[d] for d in classnames})
-
-
-def print_token_report(rows: list[dict]) -> None:
-    import pandas as pd
-    df = pd.DataFrame([{**r, "token_rows": " ".join(f"`{t}`" for t in r["token_rows"]) or "none: cannot run"}
-                       for r in rows]).drop(columns="token_ids")
-    print("Tokens the token-row method (--towers token, --method improved) edits: those of the class's prompt that "
-          "no other class prompt of the four datasets uses; imagenet_prompts_hit: ImageNet prompts that contain one "
-          "of them (they move too). Methods that train the text transformer (the paper's, --towers text) change "
-          "every prompt's embedding; --towers image changes none.\n")
-    print(to_markdown(df), end="")
-    print(f"\n{sum(not r['token_rows'] for r in rows)} of {len(rows)} classes have no token of their own.")
-
-
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = AuditConfig()
-    p = argparse.ArgumentParser(description="Audit the forgetting of run folders: name, template ensemble, alias, "
+    p = ArgumentParser(description="Audit the forgetting of run folders: name, template ensemble, alias, "
                                             "linear probe, relearning and blast radius (writes audit.json and "
                                             "audit.png in each).")
     p.add_argument("folders", nargs="*", metavar="folder", help="run folders, e.g. results/results1/seed_0/")
@@ -578,6 +277,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="print which tokens each text-side method touches for the paper's 12 classes "
                         "(tokenizer only, no weights) and exit")
     p.add_argument("--tokens_arch", default="RN50", help="tokenizer of --tokens (default: %(default)s)")
+    p.add_argument("--tokens_ds", default=None,
+                   help="with --tokens: every class of these datasets instead (comma-separated, read from "
+                        "--data_root), e.g. PinsFaces,CelebFaces: people share first names and surname pieces")
     p.add_argument("--device", default=default_device(), help="default: %(default)s")
     p.add_argument("--data_root", default=None, help="default: the run's own (args.txt)")
     p.add_argument("--seed", type=int, default=None, help="relearning image choice (default: the run's seed)")
@@ -597,62 +299,85 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def validate(args: argparse.Namespace) -> list[tuple[Run, dict]]:
-    """Every folder's run, datasets and model checked before any model is loaded."""
+def validate(args: argparse.Namespace) -> list[tuple[RunFolder, dict]]:
+    """The options, and every folder's run, datasets and model, checked before any model is loaded."""
     problems = check_device(args.device)
     for name in ("relearn_k", "relearn_steps", "batch_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not args.folders:
         problems.append("no run folder given (or --tokens)")
-    runs = []
-    for folder in map(Path, args.folders):
-        run, run_problems = read_run(folder)
-        problems += run_problems + (check_writable(folder) if run else [])
-        if run is None or run_problems:
+    runs, found = read_runs(args.folders, args.oracle, args.data_root)
+    check_all(problems + found)
+    return runs
+
+
+def read_runs(folders: Sequence[str | Path], oracle: bool = False, data_root: str | None = None
+              ) -> tuple[list[tuple[RunFolder, dict]], list[str]]:
+    """Each run folder with its evaluated datasets, and every problem that stops an audit of them."""
+    problems, runs = [], []
+    for run in map(RunFolder, folders):
+        run_found = run_problems(run)
+        problems += run_found or check_writable(run.path)
+        if run_found:
             continue
-        tag, model_problems = check_model(run.args.get("backbone_arch", "?"), run.args.get("pretrained"))
-        if args.oracle and tag != "demo":
-            model_problems.append(f"--oracle retrains the demo CLIP: {folder} is a run of '{tag}'")
-        names = list(dict.fromkeys(f"{run.args.get('run_ds', '')},{run.args.get('eval_ds') or ''}".split(",")))
-        datasets, ds_problems = build_datasets([n for n in names if n.strip()],
-                                               args.data_root or run.args.get("data_root") or default_data_root())
-        problems += [f"{folder}: {p}" for p in model_problems + ds_problems]
-        problems += [f"{folder}: class '{c}' is not in {d}" for d, c, _ in run.classes
+        settings = run.settings()
+        tag, model_problems = check_model(settings.get("backbone_arch", "?"), settings.get("pretrained"))
+        if oracle and tag != "demo":
+            model_problems.append(f"--oracle retrains the demo CLIP: {run.path} is a run of '{tag}'")
+        datasets, ds_problems = build_datasets(evaluated(settings), data_root or settings.get("data_root")
+                                               or default_data_root())
+        problems += [f"{run.path}: {p}" for p in model_problems + ds_problems]
+        problems += [f"{run.path}: class '{c}' is not in {d}" for d, c in run.finished()
                      if d in datasets and c not in datasets[d].classnames]
         runs.append((run, datasets))
-    check_all(problems)
-    return runs
+    return runs, problems
+
+
+def evaluated(settings: dict) -> list[str]:
+    """The datasets a run evaluated (--run_ds, then --eval_ds)."""
+    names = f"{settings.get('run_ds', '')},{settings.get('eval_ds') or ''}".split(",")
+    return [n for n in dict.fromkeys(n.strip() for n in names) if n]
+
+
+def audit_folders(runs: Sequence[tuple[RunFolder, dict]], cfg: AuditConfig, device: str, seed: int | None = None,
+                  redo: bool = False, oracle: bool = False, data_root: str | None = None) -> dict[str, dict]:
+    """Audit run folders (validated: `validate`'s output), each written as it goes; one original model
+    (and its figures) per model and datasets, shared by the runs of several seeds and methods."""
+    auditors: dict = {}
+    out = {}
+    for run, datasets in runs:
+        a = run.settings()
+        key = (a["backbone_arch"], a.get("pretrained"), tuple(datasets))
+        if key not in auditors:
+            lm = load_model(a["backbone_arch"], a.get("pretrained"), device, data_root or a.get("data_root"))
+            auditors[key] = Auditor(lm, datasets, cfg, device, evaluated(a), oracle, data_root or a.get("data_root"))
+        audit = audit_run(run, auditors[key], seed, redo)
+        plot_audit(audit, run.audit_plot_file(cfg.split))
+        out[str(run.path)] = audit
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.tokens:
-        rows = paper_token_report(args.tokens_arch)
+        from tokens import dataset_token_report, paper_token_report, print_token_report
+        if args.tokens_ds:
+            datasets, problems = build_datasets(args.tokens_ds, args.data_root or default_data_root())
+            check_all(problems)
+            rows = dataset_token_report(datasets, args.tokens_arch)
+        else:
+            rows = paper_token_report(args.tokens_arch)
         print_token_report(rows)
         return {"tokens": rows}
     runs = validate(args)
     cfg = AuditConfig(relearn_k=args.relearn_k, relearn_steps=args.relearn_steps, batch_size=args.batch_size,
                       split=args.split)
-    auditors: dict = {}  # one original model (and its figures) per model and datasets, shared by runs
-    out = {}
     start = time.time()
-    for run, datasets in runs:
-        a = run.args
-        key = (a["backbone_arch"], a.get("pretrained"), tuple(datasets))
-        if key not in auditors:
-            lm = load_model(a["backbone_arch"], a.get("pretrained"), args.device,
-                            args.data_root or a.get("data_root"))
-            evaluated = [d for d in (a.get("eval_ds") or a.get("run_ds", "")).split(",") if d]
-            auditors[key] = Auditor(lm, datasets, cfg, args.device, evaluated, args.oracle,
-                                    args.data_root or a.get("data_root"))
-        audit = audit_run(run, auditors[key], args.seed, args.redo)
-        plot_audit(audit, run.folder / Path(audit_file(cfg.split)).with_suffix(".png"))
-        out[str(run.folder)] = audit
-    for folder in out:
-        written = Path(folder) / audit_file(cfg.split)
-        print(f"\n{folder} (wrote {written} and {written.with_suffix('.png')}):")
-        print(to_markdown(audit_table(Path(folder), split=cfg.split)), end="")
+    out = audit_folders(runs, cfg, args.device, args.seed, args.redo, args.oracle, args.data_root)
+    for run, _ in runs:
+        print(f"\n{run.path} (wrote {run.audit_file(cfg.split)} and {run.audit_plot_file(cfg.split)}):")
+        print(to_markdown(audit_table(run, split=cfg.split)), end="")
     print(f"\naudit of {len(out)} run(s) in {time.time() - start:.1f} s")
     return out
 

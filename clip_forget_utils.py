@@ -19,89 +19,59 @@ columns, the audit's, the score and the time) as Markdown, and a trade-off plot.
 """
 from __future__ import annotations
 
+import interrupts  # noqa: F401  (first: Ctrl-C during the imports below is one line)
+
 import argparse
-import json
 import math
 import os
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend state, PNGs through Agg
 
-from common import UserError, _atomic, atomic_write_text, check_all, check_writable, close_names, read_json, run_cli
+from common import ArgumentParser, UserError, _atomic, atomic_write_text, check_all, check_writable, close_names, \
+    read_json, run_cli
+from audit import AUDIT_LEGEND, audit_table
+from probes import ORACLE, ORIGINAL, UNLEARNED, figures
+from runs import LOGS, RunFolder
+from tables import to_markdown
 
-BEFORE_FILE = "zeroshot_before.json"
-ARGS_FILE = "args.txt"
 KEY_COLUMNS = ["ds", "name"]
 MAIN_COLUMNS = ["std", "full_Noforget", "cls_Noforget", "cls_forget", "full_forget"]
 GEN_COLUMNS = ["acc_val_hard", "acc_val_true_data"]
 NO_GEN_COLUMNS = ["acc_train"]
 NOT_STD_KEYS = ("summary", "final_results")  # keys of a class's log that are not noise levels
-AUDIT_FILE = "audit.json"  # written by audit.py (the test split; audit_val.json: the val split)
-# audit.py's figures of each audited model: column audit_<figure> for the unlearned model,
-# audit_<figure>_<model> for the models audited beside it (the original, the oracle), and
+# audit.py's figures of each audited model (probes.py declares them): column audit_<figure> for the unlearned
+# model, audit_<figure>_<model> for the models audited beside it (the original, the oracle), and
 # audit_other_<dataset>[_<model>] for each other evaluated dataset
-AUDIT_FIGURES = ("name", "ensemble", "alias", "probe", "rest", "other", "relearn_steps", "relearn_acc", "blast_mean",
-                 "blast_count", "oracle_agreement")
-UNLEARNED = "unlearned"
-# backbone spellings -> the tag of the paper's reference file (reference/zeroshot_openai_<tag>.json)
-REFERENCE_TAGS = {"RN50": "RN50", "RN50-quickgelu": "RN50",
-                  "ViT-B/16": "ViT-B-16", "ViT-B-16": "ViT-B-16", "ViT-B-16-quickgelu": "ViT-B-16"}
+AUDIT_FIGURES = tuple(f.key for f in figures() if f.numeric)
 
 Before = dict[str, dict[str, dict[str, float]]]  # {dataset: {classname: {figure: value}}}
 
 
 # ---------------------------------------------------------------- reading a run folder
 
-def _logs_path(res_folder: Path, log_name: str) -> Path:
-    """The run's logs file; a missing folder or file is a user error with a hint."""
-    if not res_folder.is_dir():
-        raise UserError(f"results folder {res_folder} not found")
-    path = res_folder / log_name
-    if not path.is_file():
-        seeds = sorted(p.name for p in res_folder.glob("seed_*") if p.is_dir())
-        hint = f"; pass one of its seed folders: {', '.join(seeds)}" if seeds else " (has the run started?)"
-        raise UserError(f"no {log_name} in {res_folder}{hint}")
-    return path
-
-
-def _read_args(res_folder: Path, logs: dict) -> tuple[dict, str]:
-    """The run's arguments (as a dict, {} if unreadable) and the raw text of args.txt ('' if none)."""
-    path = res_folder / ARGS_FILE
-    text = path.read_text() if path.is_file() else ""
-    try:
-        args = json.loads(text) if text else {}
-    except json.JSONDecodeError:
-        args = {}
-    if not isinstance(args, dict) or not args:
-        settings = logs.get("settings")
-        args = settings if isinstance(settings, dict) else {}
-    return args, text
-
-
-def _reference_dir() -> Path:
-    from zeroshot import REFERENCE  # imported late: zeroshot pulls in open_clip
-    return REFERENCE
+def _run(res_folder: str | Path, log_name: str = LOGS) -> RunFolder:
+    """The run folder to read; not one (a file, missing, no logs yet) is a user error with a hint."""
+    run = RunFolder(res_folder, log_name)
+    check_all(run.problems())
+    return run
 
 
 def _reference_file(args: dict, rn: bool) -> Path | None:
-    """The paper's published figures for the run's backbone: the args decide, else `rn`.
-
-    Only OpenAI weights have published figures: a demo, random or fine-tuned model gets none.
-    """
+    """The paper's published figures for the run's backbone: its settings decide, else `rn` (RN50 or
+    ViT-B/16). Only OpenAI weights have published figures (zeroshot.reference_file)."""
+    from zeroshot import reference_file  # imported late: zeroshot pulls in open_clip
     arch = args.get("backbone_arch")
-    if arch is None:
-        tag = "RN50" if rn else "ViT-B-16"
-    elif args.get("pretrained") in (None, "openai"):
-        tag = REFERENCE_TAGS.get(arch)
-    else:
-        tag = None
-    return _reference_dir() / f"zeroshot_openai_{tag}.json" if tag else None
+    try:
+        return reference_file(arch, args.get("pretrained")) if arch else reference_file("RN50" if rn else "ViT-B/16",
+                                                                                       "openai")
+    except UserError:  # a model this open_clip does not know
+        return None
 
 
 def _cache_key(args: dict) -> str | None:
@@ -109,15 +79,12 @@ def _cache_key(args: dict) -> str | None:
     arguments without building the model."""
     if args.get("model_key"):
         return str(args["model_key"])
-    arch = args.get("backbone_arch")
-    if not arch:
+    if not args.get("backbone_arch"):
         return None
     try:
-        import models
-        import zeroshot
-        pretrained = args.get("pretrained") or models.default_pretrained(arch)
-        return zeroshot.model_key(SimpleNamespace(tag=models.arch_tag(arch), pretrained=pretrained))
-    except (UserError, OSError, ImportError):
+        from zeroshot import run_model_key
+        return run_model_key(args["backbone_arch"], args.get("pretrained"), int(args.get("seed", 0)))
+    except (UserError, OSError, ImportError, ValueError):
         return None
 
 
@@ -127,12 +94,9 @@ def load_before(res_folder: str | Path, datasets: Iterable[str], args: dict | No
     the run's zeroshot_before.json, the cached baselines of its model, the paper's figures.
     Datasets found nowhere are left out (their columns become NaN)."""
     args = args or {}
-    res_folder = Path(res_folder)
     wanted = list(dict.fromkeys(datasets))
-    found: Before = {}
-    if (res_folder / BEFORE_FILE).is_file():
-        own = read_json(res_folder / BEFORE_FILE)
-        found.update({d: own[d] for d in wanted if d in own})
+    own = RunFolder(res_folder).before()
+    found: Before = {d: own[d] for d in wanted if d in own}
     if any(d not in found for d in wanted):
         key = _cache_key(args)
         if key:
@@ -189,15 +153,15 @@ def _class_row(ds: str, name: str, class_log: dict, before: Before, gen_data: bo
     for col in GEN_COLUMNS if gen_data else NO_GEN_COLUMNS:
         row[col] = _num(after.get(col))
     if all_res:
-        for other, figures in final.items():
-            if other != ds and isinstance(figures, dict) and "all" in figures:
-                row[f"res_{other}"] = _num(figures["all"].get("all_ds"))
+        for other, figs in final.items():
+            if other != ds and isinstance(figs, dict) and "all" in figs:
+                row[f"res_{other}"] = _num(figs["all"].get("all_ds"))
                 row[f"full_{other}"] = _full_acc(before, other)
     return row
 
 
 def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool = False, rn: bool = True,
-                   log_name: str = "logs.json", audit_split: str = "test") -> tuple[pd.DataFrame, str]:
+                   log_name: str = LOGS, audit_split: str = "test") -> tuple[pd.DataFrame, str]:
     """One row per (dataset, forget class) of a run folder, and the text of its args.txt.
 
     Columns: ds, name, std, full_Noforget, cls_Noforget, cls_forget, full_forget, then
@@ -205,34 +169,25 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
     every other dataset D (after / before). Classes logged as {} (not run) have no row.
     `df.attrs['status']` maps (ds, name) to the summary status of classes that did not end "done".
     """
-    res_folder = Path(res_folder)
-    logs = read_json(_logs_path(res_folder, log_name))
-    if not isinstance(logs, dict):
-        raise UserError(f"{res_folder / log_name} is not a logs object")
-    args, args_text = _read_args(res_folder, logs)
-    runs = {ds: classes for ds, classes in logs.items() if ds != "settings" and isinstance(classes, dict)}
-    datasets = list(runs)
-    for classes in runs.values():
-        for class_log in classes.values():
-            if isinstance(class_log, dict):
-                datasets += list(class_log.get("final_results") or {})
-    before = load_before(res_folder, datasets, args, rn)
+    run = _run(res_folder, log_name)
+    args, records = run.settings(), run.records()
+    datasets = list(dict.fromkeys(ds for ds, _ in records))
+    for record in records.values():
+        datasets += list(record.get("final_results") or {})
+    before = load_before(run.path, datasets, args, rn)
 
     rows, status, seconds = [], {}, {}
-    for ds, classes in runs.items():
-        for name, class_log in classes.items():
-            if not isinstance(class_log, dict) or not class_log:
-                continue  # not run
-            rows.append(_class_row(ds, name, class_log, before, gen_data, all_res))
-            summary = class_log.get("summary") or {}
-            seconds[(ds, name)] = _num(summary.get("seconds"))
-            state = summary.get("status", "done")
-            if state != "done":
-                status[(ds, name)] = state
+    for (ds, name), class_log in records.items():
+        rows.append(_class_row(ds, name, class_log, before, gen_data, all_res))
+        summary = class_log.get("summary") or {}
+        seconds[(ds, name)] = _num(summary.get("seconds"))
+        state = summary.get("status", "done")
+        if state != "done":
+            status[(ds, name)] = state
 
     columns = KEY_COLUMNS + MAIN_COLUMNS + (GEN_COLUMNS if gen_data else NO_GEN_COLUMNS)
     extra = list(dict.fromkeys(k for row in rows for k in row if k not in columns))
-    audit = audit_columns(res_folder, audit_split)
+    audit = audit_columns(run.path, audit_split)
     audit_cols = list(dict.fromkeys(c for figures in audit.values() for c in figures))
     for row in rows:
         row.update(audit.get((row["ds"], row["name"]), {}))
@@ -240,31 +195,20 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
     df[df.columns[2:]] = df[df.columns[2:]].astype(float)
     df.attrs["status"] = status
     df.attrs["seconds"] = seconds  # (ds, name) -> the class's unlearning + evaluation time (summary.seconds)
-    return df, args_text
-
-
-def audit_file(split: str) -> str:
-    """audit.json for the test split (what create_results reads), audit_<split>.json otherwise."""
-    return AUDIT_FILE if split == "test" else f"audit_{split}.json"
+    return df, run.args_text()
 
 
 def audit_columns(res_folder: str | Path, split: str = "test") -> dict[tuple[str, str], dict[str, float]]:
-    """(ds, name) -> {audit column: value} from the run's audit file ({} without one)."""
-    path = Path(res_folder) / audit_file(split)
-    if not path.is_file():
-        return {}
-    audit = read_json(path)
+    """(ds, name) -> {audit column: value} from the run's audit file of `split` ({} without one)."""
     out = {}
-    for ds, classes in audit.items():
-        if ds == "settings" or not isinstance(classes, dict):
-            continue
-        for name, entry in classes.items():
-            models = [m for m, figures in entry.items() if isinstance(figures, dict) and "name" in figures]
-            models.sort(key=lambda m: m != UNLEARNED)  # the unlearned model's columns first
-            out[(ds, name)] = {f"audit_{f}" + ("" if m == UNLEARNED else f"_{m}"): _num(entry[m].get(f))
-                               for m in models for f in AUDIT_FIGURES}
-            out[(ds, name)].update({f"audit_other_{d}" + ("" if m == UNLEARNED else f"_{m}"): _num(v)
-                                    for m in models for d, v in (entry[m].get("others") or {}).items()})
+    for key, entry in RunFolder(res_folder).audited(split).items():
+        models = [m for m, figures in entry.items() if isinstance(figures, dict) and "name" in figures]
+        models.sort(key=lambda m: m != UNLEARNED)  # the unlearned model's columns first
+        found = [f for f in AUDIT_FIGURES if any(f in entry[m] for m in models)]  # older audits lack new probes
+        out[key] = {f"audit_{f}" + ("" if m == UNLEARNED else f"_{m}"): _num(entry[m].get(f))
+                    for m in models for f in found}
+        out[key].update({f"audit_other_{d}" + ("" if m == UNLEARNED else f"_{m}"): _num(v)
+                         for m in models for d, v in (entry[m].get("others") or {}).items()})
     return out
 
 
@@ -359,10 +303,8 @@ def mean_std(runs: pd.DataFrame, keys: list[str], ddof: int = 1) -> pd.DataFrame
 
 
 def run_label(res_folder: str | Path) -> str:
-    """A run's method as its args.txt names it ('faithful', 'improved', ...), else the folder."""
-    res_folder = Path(res_folder)
-    args, _ = _read_args(res_folder, {})
-    return str(args.get("method") or res_folder)
+    """A run's method as its settings name it ('faithful', 'improved', ...), else the folder."""
+    return str(RunFolder(res_folder).settings().get("method") or res_folder)
 
 
 def compare_runs(folders: Sequence[str | Path], **create_results_kwargs: Any) -> pd.DataFrame:
@@ -383,10 +325,8 @@ def _side_by_side(folders: Sequence[str | Path], frames: list[pd.DataFrame]) -> 
 
 # ---------------------------------------------------------------- methods compared over seeds
 
-ORIGINAL = "original"  # the model before unlearning, shown as one more method
-ORACLE = "oracle"  # the demo CLIP retrained without the class (audit.py --oracle), likewise
-COMPARE_AUDIT = ["audit_ensemble", "audit_alias", "audit_probe", "audit_relearn_steps", "audit_relearn_acc",
-                 "audit_blast_mean", "audit_blast_count", "audit_oracle_agreement"]
+# the original model and the oracle (audit.py --oracle) are shown as two more methods
+COMPARE_AUDIT = [f"audit_{f.key}" for f in figures() if f.numeric and f.compare]
 
 
 def method_folders(dirs: Sequence[str | Path]) -> dict[str, list[Path]]:
@@ -521,62 +461,6 @@ def plot_tradeoff(runs: pd.DataFrame, path: str | Path | None = None) -> Figure:
 
 # ---------------------------------------------------------------- tables and plots
 
-def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
-    """A Markdown table of `df`: floats rounded to `digits`, NaN shown as '-'."""
-    def cell(v: Any) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "-" if math.isnan(v) else f"{v:.{digits}f}"
-        return str(v).replace("|", "\\|")
-
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
-             "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-AUDIT_LEGEND = ("Forget-class accuracy on real images, original -> unlearned model: name probe (the dataset's "
-                "template, the paper's figure), ensemble (every template), alias (the class named by its aliases), "
-                "linear probe (recall of a logistic regression on frozen image features: what the image tower "
-                "still knows), after relearn (after fine-tuning on a few real train images); rest: the dataset's "
-                "other classes; other datasets: their mean accuracy; relearn steps: until the name accuracy is back "
-                "at half the original's; blast: mean 1 - cos of the text embeddings of prompts outside the run, how "
-                "many moved more than the audit's blast_threshold, and the one that moved most; oracle: the demo CLIP "
-                "retrained without the class (audit.py --oracle), and how often the unlearned model predicts what "
-                "it predicts on the class's images.")
-
-
-def audit_table(res_folder: str | Path, digits: int = 3, split: str = "test") -> pd.DataFrame:
-    """A run's audit file as a display table: per class, 'original -> unlearned' for each probe
-    (and the oracle's figure, when it was audited)."""
-    audit = read_json(Path(res_folder) / audit_file(split))
-
-    def fmt(v: Any) -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-    rows = []
-    for ds, classes in audit.items():
-        if ds == "settings" or not isinstance(classes, dict):
-            continue
-        for name, e in classes.items():
-            before, after, oracle = e[ORIGINAL], e[UNLEARNED], e.get(ORACLE)
-            row = {"ds": ds, "name": name, "changed": ", ".join(e.get("changed_towers", [])) or "nothing"}
-            for f, label in (("name", "name probe"), ("ensemble", "ensemble"), ("alias", "alias"),
-                             ("probe", "linear probe"), ("rest", "rest"), ("other", "other datasets"),
-                             ("relearn_acc", "after relearn")):
-                row[label] = f"{fmt(before.get(f))} → {fmt(after.get(f))}" + \
-                    (f" (oracle {fmt(oracle.get(f))})" if oracle else "")
-            if oracle:
-                row["agrees with oracle"] = float(after["oracle_agreement"])
-            steps = after["relearn_steps"]
-            row["relearn steps"] = f">{len(after['relearn_curve']) - 1}" if steps is None else str(steps)
-            row["blast 1-cos"] = float(after["blast_mean"])
-            row["blast moved"] = f"{after['blast_count']}/{e.get('blast_prompts', '?')}"
-            top = after.get("blast_top") or [["-", math.nan]]
-            row["most moved prompt"] = top[0][0] + ("" if math.isnan(top[0][1]) else f" ({top[0][1]:.2f})")
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _bars(row: pd.Series, others: list[str]) -> list[tuple[str, float, float]]:
     """(label, before, after) for the forget class, the rest of its dataset and each other dataset."""
     bars = [(f"{row['name']} (forget)", row["cls_Noforget"], row["cls_forget"]),
@@ -618,7 +502,7 @@ def plot_results(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
 # ---------------------------------------------------------------- command line
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Table, score and plot of unlearning run folders (writes results.md and results.png in each); "
                     "several folders are also printed side by side. 'clip_forget_utils.py compare DIR...' compares "
                     "methods over seeds (see 'compare --help').")
@@ -629,7 +513,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="1: add res_D / full_D columns for the other datasets (and use them in the score)")
     p.add_argument("--rn", type=int, choices=[0, 1], default=1,
                    help="paper's before figures to fall back on when args.txt names no backbone: 1 RN50, 0 ViT-B/16")
-    p.add_argument("--log_name", default="logs.json")
+    p.add_argument("--log_name", default=LOGS)
     p.add_argument("--digits", type=int, default=3, help="decimals in the table")
     return p.parse_args(argv)
 
@@ -643,17 +527,18 @@ def report(folder: Path, args: argparse.Namespace) -> pd.DataFrame:
     paper = [c for c in df.columns if not c.startswith("audit_")]
     table = to_markdown(df[paper].assign(score=compute_avg_gain(df)), args.digits)
     notes = [f"- {ds} / {name}: {state}" for (ds, name), state in df.attrs["status"].items()]
-    audit = ""
-    if (folder / AUDIT_FILE).is_file():
-        audit = f"\n## Audit ({AUDIT_FILE}, audit.png)\n\n{AUDIT_LEGEND}\n\n" + to_markdown(audit_table(folder,
-                                                                                                   args.digits))
+    run, audit = RunFolder(folder), ""
+    if run.audit_file().is_file():
+        audit = (f"\n## Audit ({run.audit_file().name}, {run.audit_plot_file().name})\n\n{AUDIT_LEGEND}\n\n"
+                 + to_markdown(audit_table(run, args.digits)))
     text = (f"# Results of {folder}\n\nscore: the paper's average of the forget ratio and the relative "
             f"drops (lower is better).\n\n{table}" + ("\nNot finished cleanly:\n" + "\n".join(notes) + "\n"
                                                         if notes else "") + audit)
-    atomic_write_text(folder / "results.md", text)
-    plot_results(df, folder / "results.png")
+    md, png = run.report_files()
+    atomic_write_text(md, text)
+    plot_results(df, png)
     print(f"{folder}:\n" + table + ("\n".join(notes) + "\n" if notes else ""), end="")
-    print(f"wrote {folder / 'results.md'} and {folder / 'results.png'}\n")
+    print(f"wrote {md} and {png}\n")
     return df
 
 
@@ -665,11 +550,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     folders = [Path(f) for f in args.folders]
     problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
     for f in folders:  # every folder checked before the first report is written
-        try:
-            _logs_path(f, args.log_name)
-            problems += check_writable(f)
-        except UserError as e:
-            problems.append(str(e))
+        found = RunFolder(f, args.log_name).problems()
+        problems += found or check_writable(f)
     check_all(problems)
     frames = [report(f, args) for f in folders]
     if len(folders) == 1:
@@ -685,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
 
 
 def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="clip_forget_utils.py compare",
         description="Methods x classes: mean ± std over seeds of the paper's columns, the audit's (audit.py), "
                     "the score and the time, as Markdown, and a trade-off plot (forget accuracy against what "
@@ -707,9 +589,7 @@ def parse_compare_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-VAL_COLUMNS = ["audit_name", "audit_alias", "audit_ensemble", "audit_probe", "audit_rest", "audit_other",
-               "audit_relearn_steps", "audit_relearn_acc", "audit_blast_mean", "audit_blast_count",
-               "audit_oracle_agreement"]
+VAL_COLUMNS = [f"audit_{f}" for f in AUDIT_FIGURES]  # the audit's figures alone (on the val split)
 
 
 def compare_main(argv: Sequence[str]) -> pd.DataFrame:
@@ -725,30 +605,38 @@ def compare_main(argv: Sequence[str]) -> pd.DataFrame:
     problems = [f"--digits must be at least 0, got {args.digits}"] if args.digits < 0 else []
     for d in dirs:
         try:
-            for folder in seed_folders(d):
-                _logs_path(folder, "logs.json")
+            problems += [p for folder in seed_folders(d) for p in RunFolder(folder).problems()]
         except UserError as e:
             problems.append(str(e))
     check_all(problems + check_writable(out.parent))
-    kwargs = dict(gen_data=bool(args.gen_data), all_res=bool(args.all_res), rn=bool(args.rn), audit_split=args.split)
-    runs = method_runs(dirs, **kwargs)
-    if args.classes:
-        wanted = [c.strip() for c in args.classes.split(",") if c.strip()]
-        missing = [c for c in wanted if c not in set(runs["name"])]
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    return compare(dirs, out, args.split, classes, args.digits, gen_data=bool(args.gen_data),
+                   all_res=bool(args.all_res), rn=bool(args.rn))
+
+
+def compare(dirs: Sequence[str | Path], out: str | Path, split: str = "test", classes: Sequence[str] | None = None,
+            digits: int = 3, **create_results_kwargs: Any) -> pd.DataFrame:
+    """The methods x classes comparison of `dirs` (one per method: seed_* run folders), written as OUT.md
+    (and, for the test split, the trade-off plot OUT.png); `classes`: those forget classes only. Returns
+    compare_methods' table."""
+    dirs, out = [Path(d) for d in dirs], Path(out)
+    runs = method_runs(dirs, audit_split=split, **create_results_kwargs)
+    if classes:
+        missing = [c for c in classes if c not in set(runs["name"])]
         if missing:
             known = sorted(set(runs["name"]))
             raise UserError(f"--classes: {', '.join(missing)} not in these runs{close_names(missing[0], known)}")
-        runs = runs[runs["name"].isin(wanted)]
+        runs = runs[runs["name"].isin(classes)]
     agg = compare_methods(runs)
     summary = ("\n## Mean over the classes\n\nPer method, the mean over its forget classes, then mean ± std over "
                "seeds.\n\n" + mean_std_markdown(class_means(runs, VAL_COLUMNS + ["score", "seconds"]),
-                                                   VAL_COLUMNS + ["score", "seconds"], args.digits)
+                                                   VAL_COLUMNS + ["score", "seconds"], digits)
                if "audit_name" in runs.columns else "")
-    if args.split != "test":  # only the audit's figures on that split: the paper's columns are test figures
-        text = (f"# Methods compared on the {args.split} split: {', '.join(map(str, dirs))}\n\nMean ± std over "
-                f"seeds (n_seeds) of the audit's figures on the {args.split} split (audit.py --split {args.split}): "
+    if split != "test":  # only the audit's figures on that split: the paper's columns are test figures
+        text = (f"# Methods compared on the {split} split: {', '.join(map(str, dirs))}\n\nMean ± std over "
+                f"seeds (n_seeds) of the audit's figures on the {split} split (audit.py --split {split}): "
                 f"what methods and settings are chosen by; the test split reports them.\n{AUDIT_LEGEND}\n\n"
-                + mean_std_markdown(agg, VAL_COLUMNS, args.digits) + summary)
+                + mean_std_markdown(agg, VAL_COLUMNS, digits) + summary)
         atomic_write_text(out.with_suffix(".md"), text)
         print(text + f"\nwrote {out.with_suffix('.md')}")
         return agg
@@ -760,7 +648,7 @@ def compare_main(argv: Sequence[str]) -> pd.DataFrame:
             "lost_elsewhere: mean relative drop of those; score: the paper's (lower is better); seconds: "
             "unlearning + evaluation per class. 'oracle' (with audit.py --oracle): the demo CLIP retrained without "
             f"the class.\n{AUDIT_LEGEND}\n\n"
-            + mean_std_markdown(agg, columns, args.digits) + summary)
+            + mean_std_markdown(agg, columns, digits) + summary)
     atomic_write_text(out.with_suffix(".md"), text)
     plot_tradeoff(runs, out.with_suffix(".png"))
     print(text + f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")

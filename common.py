@@ -1,14 +1,18 @@
 """Small pieces every script shares: user errors, close-name suggestions, atomic writes, seeding."""
 from __future__ import annotations
 
+import argparse
 import difflib
 import fcntl
+import hashlib
 import json
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
+import threading
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +45,8 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     A traceback is shown only for bugs, or for user errors when --debug-errors is given.
     Out of GPU memory exits with 3 and advice, Ctrl-C with 130 (finished work is already saved).
     """
+    if threading.current_thread() is threading.main_thread():  # from here on Ctrl-C is a KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = list(sys.argv[1:] if argv is None else argv)
     show_traceback = "--debug-errors" in argv
     if show_traceback:
@@ -75,6 +81,29 @@ def user_message(e: UserError) -> str:
         if m:
             return msg[m.end():].strip()
     return msg
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default once: appended unless the help text already speaks of its
+    default, or the default is None (a help text then says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error style: a bad command line is a UserError (one line, exit 2,
+    through run_cli), so a caller such as sweep.py can validate a job's options without a subprocess."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UserError(message)
 
 
 def check_all(problems: list[str]) -> None:
@@ -141,6 +170,40 @@ def update_json(path: str | Path, update: Callable[[dict], None]) -> dict:
         update(data)
         atomic_write_json(path, data)
     return data
+
+
+def torch_load(path: str | Path) -> Any:
+    """torch.load of a file on the CPU, safely (weights_only: tensors and plain data, no pickled code).
+    A file it cannot read raises ValueError with a short reason a user can act on (PyTorch's own
+    messages are paragraphs, some advising weights_only=False, which is wrong advice here)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(unreadable_reason(path, e)) from None
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch.load failed on `path`, in a few words."""
+    text = str(error)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if "TorchScript" in text:
+        return "it is a TorchScript archive (OpenAI's original download is one): open_clip reads those by tag"
+    if "Unsupported global" in text:
+        return "it holds pickled code or objects other than tensors, which are never loaded"
+    if head.startswith((b"PK", b"\x80")):  # torch.save's zip archive, or its older pickle format: cut short
+        return "the file is truncated or damaged"
+    return "not a PyTorch file (torch.save writes a zip archive)"
+
+
+def file_hash(path: str | Path) -> str:
+    """A short content hash of a file (which file a result came from)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

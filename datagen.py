@@ -17,11 +17,13 @@ every earlier attempt is (class `Attempts`).
 """
 from __future__ import annotations
 
+import interrupts  # noqa: F401  (first: Ctrl-C during the imports below is one line)
+
 import argparse
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,49 +32,65 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm import tqdm
 
-from common import UserError, add_common_args, check_all, check_device, check_precision, check_writable, class_seed, \
-    precision, run_cli
+from common import ArgumentParser, UserError, add_common_args, check_all, check_device, check_precision, \
+    check_writable, class_seed, precision, run_cli
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
-from models import LoadedModel, arch_tag, check_model, load_model
-from synthetic import augment, clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path
+from models import LoadedModel, check_model, config_image_size, load_model
+from synthetic import augment, clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path, \
+    synthetic_problems
 from zeroshot import classifier_weights, forget_margin, logits, run_model_key
+
+
+def _opt(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass
 class DatagenConfig:
     """SPEC §1 defaults; every field is a command-line option of the same name."""
-    n_generated: int = 64  # accepted images per class
-    high_prob: float = 0.8  # acceptance: the class is the top-1 and its softmax probability exceeds this
-    sub_prob: float = 0.025  # threshold drop after each failed attempt (each one that reached max_steps)
-    min_prob: float = 0.45  # ... never below this
-    max_steps: int = 3000  # steps before an attempt is given up
-    lr: float = 25.0  # x += lr * g / ||g||
-    l2_reg: float = 1e-3  # objective: scale * cos - l2_reg * ||x||
-    max_jitter: int = 16  # random roll of up to this many pixels in x and y
-    blur_every: int = 10  # Gaussian blur every this many steps ...
-    blur_sigma: float = 0.5  # ... with this sigma along H and W
-    batch_size: int = 64  # images optimised in parallel
-    max_failed: int = 200  # a stop the paper lacks: after this many failed attempts keep what was accepted
+    n_generated: int = _opt(64, "accepted images per class")
+    high_prob: float = _opt(0.8, "acceptance: the class is the zero-shot top-1 and its softmax probability exceeds "
+                                 "this (the paper tunes it per class, 0.6-0.99: --paper_settings 1)")
+    sub_prob: float = _opt(0.025, "the threshold drops by this after each failed attempt (one that reached "
+                                  "--max_steps)")
+    min_prob: float = _opt(0.45, "... never below this")
+    max_steps: int = _opt(3000, "gradient-ascent steps before an attempt is given up")
+    lr: float = _opt(25.0, "step size of the normalised gradient ascent: x += lr * g / ||g||")
+    l2_reg: float = _opt(1e-3, "objective: logit_scale * cos(image, class) - l2_reg * ||x||")
+    max_jitter: int = _opt(16, "random roll of the image by up to this many pixels in x and y, every step")
+    blur_every: int = _opt(10, "Gaussian blur every this many steps ...")
+    blur_sigma: float = _opt(0.5, "... with this sigma along H and W")
+    batch_size: int = _opt(64, "images optimised at once (each on its own; lower it if out of GPU memory)")
+    max_failed: int = _opt(200, "a stop the paper lacks: after this many failed attempts keep what was accepted "
+                                "(the file's metadata then says complete: false)")
     # beyond the paper (README "Beyond the paper"), off by default: confident images make forgetting transfer
-    accept_margin: float = field(default=0.0, metadata={"help": (
-        "beyond the paper: also require the class's logit (x100) to beat the next class by this margin; 0 = off "
-        "(the paper's 0.8 probability is a margin of a few points; real images of a class sit ~40 above)")})
-    sub_margin: float = field(default=0.5, metadata={"help": (
-        "beyond the paper: --accept_margin drops by this with every threshold drop (never below 0), so a class "
-        "whose images rarely get that confident still finishes")})
-    augment_accept: int = field(default=0, metadata={"help": (
-        "beyond the paper: also require the class to stay the top-1 under this many random augmentations "
-        "(shift, scale, blur, noise); 0 = off")})
+    accept_margin: float = _opt(0.0, "beyond the paper: also require the class's logit (x100) to beat the next class "
+                                     "by this margin; 0 = off (the paper's 0.8 probability is a margin of a few "
+                                     "points; real images of a class sit ~40 above)")
+    sub_margin: float = _opt(0.5, "beyond the paper: --accept_margin drops by this with every threshold drop (never "
+                                  "below 0), so a class whose images rarely get that confident still finishes")
+    augment_accept: int = _opt(0, "beyond the paper: also require the class to stay the top-1 under this many random "
+                                  "augmentations (shift, scale, blur, noise); 0 = off")
 
 
-# datagen.py --method: the sets train.py's methods read. confident: forget sets with --accept_margin 30, a
-# held-out set (another noise seed) for a stop rule and, on request, retain sets of every class
+# datagen.py --method: the sets train.py's methods read. paper: the forget sets as the paper makes them.
+# confident: forget sets accepted with a margin (its `config`, under the command line's options), a held-out
+# set of each class (another noise seed) for a stop rule and, on request, retain sets of every class
 PRESETS: dict[str, dict] = {
-    "faithful": {},
-    "confident": {"accept_margin": 30.0, "max_steps": 1000, "generated_suffix": "_confident",
-                 "heldout_n": 32, "heldout_seed_offset": 1000, "retain_per_class": 0, "retain_seed_offset": 2000},
+    "paper": {},
+    "confident": {"config": {"accept_margin": 30.0, "max_steps": 1000}, "folder_suffix": "_confident",
+                  "heldout_n": 32, "heldout_seed_offset": 1000, "retain_seed_offset": 2000},
 }
+
+
+@dataclass
+class SetPlan:
+    """One set of synthetic files to make: where, how, from which noise seed, of which classes."""
+    out_dir: Path
+    cfg: DatagenConfig
+    noise_seed: int
+    targets: list[tuple[str, str]]
 
 
 @dataclass
@@ -81,14 +99,14 @@ class SynthResult:
     probs: torch.Tensor  # class probability of each image at acceptance
     steps: torch.Tensor  # steps each image took
     thresholds: torch.Tensor  # threshold each image was judged at
-    margins: torch.Tensor  # accept_margin each image was judged at (beyond the paper)
     failed: int  # decided attempts that ended without an image
     complete: bool  # n_generated images were accepted (False: stopped by max_failed)
     total_steps: int  # optimisation steps of the batch
     image_steps: int  # optimisation steps summed over the images of the batch
     threshold_drops: int  # times the threshold was lowered
-    final_threshold: float  # the threshold after all drops (the next attempt's)
+    final_threshold: float  # the threshold the last accepted image was judged at (the first one if none was)
     final_margin: float  # the same for accept_margin
+    last_top1: torch.Tensor  # the class the model gave each image of the last step (why nothing was accepted)
 
 
 def threshold_walk(cfg: DatagenConfig) -> list[tuple[float, float]]:
@@ -200,12 +218,6 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_probability(model, x: torch.Tensor, weights: torch.Tensor, target: int, mean, std) -> torch.Tensor:
-    """Zero-shot softmax probability of `target` for images as the trainer will load them."""
-    return logits(model, model_view(x, mean, std), weights).softmax(-1)[:, target]
-
-
-@torch.no_grad()
 def holds_under_augment(model, x_view: torch.Tensor, weights: torch.Tensor, idx: int, n: int,
                         generator: torch.Generator) -> torch.Tensor:
     """Per image: is `idx` still the top class under each of n random augmentations (with blur)?"""
@@ -216,9 +228,9 @@ def holds_under_augment(model, x_view: torch.Tensor, weights: torch.Tensor, idx:
 
 
 def passed_level(model, x: torch.Tensor, weights: torch.Tensor, target: int, mean, std,
-                 thresholds: torch.Tensor, margins: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: the first walk level whose acceptance test it passes (len(thresholds): none), and
-    its class probability. The test, as the paper's code makes it, on the image as the trainer will
+                 thresholds: torch.Tensor, margins: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Per image: the first walk level whose acceptance test it passes (len(thresholds): none), its
+    class probability and its zero-shot top-1 class. The test, as the paper's code makes it, on the image as the trainer will
     load it: the class is the top-1 and its probability exceeds the level's threshold (beyond the
     paper: its logit margin also reaches the level's margin). The walk never rises, so an image
     passes every level from the returned one on."""
@@ -228,8 +240,9 @@ def passed_level(model, x: torch.Tensor, weights: torch.Tensor, target: int, mea
     fails = ~(prob[:, None] > thresholds)  # written so that NaN fails (float32, as the paper compares)
     if margins is not None:
         fails |= ~(forget_margin(z, target)[:, None] >= margins)
-    level = torch.where(z.argmax(-1) == target, fails.sum(1), len(thresholds))
-    return level, prob
+    top1 = z.argmax(-1)
+    level = torch.where(top1 == target, fails.sum(1), len(thresholds))
+    return level, prob, top1
 
 
 def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image_size: int,
@@ -267,7 +280,7 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
             steps += 1
             total += 1
             image_steps += len(x)
-            level, prob = passed_level(model, x, weights, target, mean, std, thresholds, margins)
+            level, prob, top1 = passed_level(model, x, weights, target, mean, std, thresholds, margins)
             new = attempts.new_passes(slots, level.tolist())  # the step's one wait for the device
             if new and cfg.augment_accept > 0:  # beyond the paper: the class must also hold under augmentations
                 rows = torch.tensor([i for i, _ in new], device=device)
@@ -296,31 +309,32 @@ def synthesise(model: torch.nn.Module, weights: torch.Tensor, target: int, image
         for p in model.parameters():
             p.requires_grad_(True)
     kept = attempts.kept
-    final_threshold, final_margin = attempts.walk[attempts.level()]
+    final_threshold, final_margin = kept[-1][3:] if kept else attempts.walk[0]
     return SynthResult(
         images=torch.stack([k[0] for k in kept]) if kept else torch.zeros(0, 3, image_size, image_size),
         probs=torch.tensor([k[1] for k in kept]), steps=torch.tensor([k[2] for k in kept], dtype=torch.long),
-        thresholds=torch.tensor([k[3] for k in kept]), margins=torch.tensor([k[4] for k in kept]),
-        failed=attempts.failed, complete=len(kept) >= cfg.n_generated, total_steps=total, image_steps=image_steps,
-        threshold_drops=attempts.drops, final_threshold=final_threshold, final_margin=final_margin)
+        thresholds=torch.tensor([k[3] for k in kept]), failed=attempts.failed, complete=len(kept) >= cfg.n_generated,
+        total_steps=total, image_steps=image_steps, threshold_drops=attempts.drops, final_threshold=final_threshold,
+        final_margin=final_margin, last_top1=top1.cpu())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Synthesise forget-class images from a CLIP model (SPEC §1).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Synthesise forget-class images from a CLIP model (SPEC §1).")
     add_common_args(p)
-    p.add_argument("--out_dir", default=None, help="default: generated_<ARCH>")
+    p.add_argument("--out_dir", default=None, help="default: generated_<ARCH> (--method confident: "
+                                                   "generated_<ARCH>_confident)")
     p.add_argument("--overwrite", action="store_true", help="regenerate classes that already have a file")
     p.add_argument("--paper_settings", type=int, default=0,
                    help="1: use the paper's per-class high_prob/sub_prob from forget_cls.py where it has them")
-    for f in fields(DatagenConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f.metadata.get("help"))
+    for f in fields(DatagenConfig):  # None: the preset's value, else DatagenConfig's default
+        p.add_argument(f"--{f.name}", type=type(f.default), default=None,
+                       help=f"{f.metadata['help']} (default: {f.default})")
     g = p.add_argument_group("beyond the paper (off by default)")
-    g.add_argument("--method", default="faithful", choices=list(PRESETS),
-                   help="'confident': the sets that train.py's image-side methods read (hinge, neggrad, projedit "
-                        "--side image; README 'Methods'), in <out_dir> (default generated_<ARCH>_confident): "
-                        "the forget sets with --accept_margin 30, and heldout/ (32 per "
-                        "class, another noise seed); with --retain_per_class also retain/")
+    g.add_argument("--method", default="paper", choices=list(PRESETS),
+                   help="paper: the forget sets as the paper makes them. confident: the sets that train.py's "
+                        "image-side methods read (hinge, neggrad, projedit --side image; docs/methods.md), in "
+                        "<out_dir>: the forget sets with --accept_margin 30, and heldout/ (32 per class, another "
+                        "noise seed); with --retain_per_class also retain/ (default: paper)")
     g.add_argument("--retain_per_class", type=int, default=None,
                    help="with --method confident: also make retain/, this many images of every class of the forget "
                         "classes' datasets (another noise seed), for train.py's retain terms (default: 0 = none)")
@@ -329,95 +343,138 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def validate(args: argparse.Namespace) -> tuple[dict, list]:
-    """Check everything that can be checked before loading a model; report all problems at once."""
-    problems = []
-    if not 0 < args.high_prob < 1:
-        problems.append(f"--high_prob must be in (0, 1), got {args.high_prob}")
-    if not 0 <= args.sub_prob < 1:
-        problems.append(f"--sub_prob must be in [0, 1), got {args.sub_prob}")
-    if not 0 < args.min_prob < 1:
-        problems.append(f"--min_prob must be in (0, 1), got {args.min_prob}")
-    elif args.high_prob < args.min_prob:
-        problems.append(f"--high_prob ({args.high_prob}) must be at least --min_prob ({args.min_prob}): "
+def config(args: argparse.Namespace) -> DatagenConfig:
+    """The synthesis settings of a command line: DatagenConfig's defaults, the preset's, the options given."""
+    given = {f.name: getattr(args, f.name) for f in fields(DatagenConfig) if getattr(args, f.name) is not None}
+    return replace(DatagenConfig(), **{**PRESETS[args.method].get("config", {}), **given})
+
+
+def option_problems(args: argparse.Namespace) -> list[str]:
+    """Every problem of the command line that shows without data, files or devices: what sweep.py
+    checks for every job before it starts any."""
+    cfg, problems = config(args), []
+    if not 0 < cfg.high_prob < 1:
+        problems.append(f"--high_prob must be in (0, 1), got {cfg.high_prob}")
+    if not 0 <= cfg.sub_prob < 1:
+        problems.append(f"--sub_prob must be in [0, 1), got {cfg.sub_prob}")
+    if not 0 < cfg.min_prob < 1:
+        problems.append(f"--min_prob must be in (0, 1), got {cfg.min_prob}")
+    elif cfg.high_prob < cfg.min_prob:
+        problems.append(f"--high_prob ({cfg.high_prob}) must be at least --min_prob ({cfg.min_prob}): "
                         "a failed attempt would raise the threshold")
     for name in ("n_generated", "batch_size", "max_steps", "blur_every", "max_failed"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.retain_per_class is not None and args.method == "faithful":
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if args.retain_per_class is not None and args.method != "confident":
         problems.append("--retain_per_class needs --method confident")
     elif args.retain_per_class is not None and args.retain_per_class < 0:
         problems.append(f"--retain_per_class must be at least 0, got {args.retain_per_class}")
     for name in ("lr", "blur_sigma"):
-        if not getattr(args, name) > 0:
-            problems.append(f"--{name} must be positive, got {getattr(args, name)}")
+        if not getattr(cfg, name) > 0:
+            problems.append(f"--{name} must be positive, got {getattr(cfg, name)}")
     for name in ("l2_reg", "max_jitter", "sub_margin"):
-        if getattr(args, name) < 0:
-            problems.append(f"--{name} must be at least 0, got {getattr(args, name)}")
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name} must be at least 0, got {getattr(cfg, name)}")
+    return problems + check_model(args.backbone_arch, args.pretrained)[1]
+
+
+def plan(args: argparse.Namespace, datasets: dict, targets: list[tuple[str, str]], tag: str | None) -> list[SetPlan]:
+    """The sets a command line makes: the forget sets, and with --method confident the held-out and
+    retain sets beside them (the user's options win over the preset's, except their folders and sizes)."""
+    preset, cfg = PRESETS[args.method], config(args)
+    seed = args.seed if args.noise_seed is None else args.noise_seed
+    out = Path(args.out_dir or f"generated_{tag}{preset.get('folder_suffix', '')}")
+    if args.method == "paper":
+        return [SetPlan(out, cfg, seed, targets)]
+    sets = [SetPlan(out, cfg, seed, targets),
+            SetPlan(out / "heldout", replace(cfg, n_generated=preset["heldout_n"]), seed + preset["heldout_seed_offset"],
+                    targets)]
+    if args.retain_per_class:
+        used = list(dict.fromkeys(d for d, _ in targets))
+        sets.append(SetPlan(out / "retain", replace(cfg, n_generated=args.retain_per_class),
+                            seed + preset["retain_seed_offset"], [(d, c) for d in used for c in datasets[d].classnames]))
+    return sets
+
+
+def validate(args: argparse.Namespace) -> tuple[dict, list[SetPlan]]:
+    """Check everything that can be checked before loading a model; report all problems at once.
+    Returns the datasets and the sets to make."""
+    problems = option_problems(args)
     tag, model_problems = check_model(args.backbone_arch, args.pretrained)
-    problems += model_problems
     model_ok = not model_problems  # the model's name and weights are valid
     datasets, ds_problems = build_datasets(args.run_ds, args.data_root)
     problems += ds_problems
     targets, t_problems = resolve_targets(datasets, args.forget_labels, args.run_ds) if args.forget_labels != "all" \
         else ([(n, c) for n, ds in datasets.items() for c in ds.classnames], [])  # all: e.g. retain sets
     problems += t_problems
-    args.out_dir = args.out_dir or f"generated_{tag}"
-    problems += check_writable(args.out_dir) + check_device(args.device) + check_precision(args.precision, args.device)
-    if model_ok and not args.overwrite:  # existing files must be this model's
-        key = run_model_key(args.backbone_arch, args.pretrained, args.seed)
-        for ds_name, classname in targets:
-            path = synthetic_path(args.out_dir, ds_name, classname)
+    sets = plan(args, datasets, targets, tag) if not problems else []
+    problems += check_writable(sets[0].out_dir if sets else args.out_dir or ".") + check_device(args.device) + \
+        check_precision(args.precision, args.device)
+    if model_ok and not args.overwrite:  # an existing file is kept only if train.py would take it
+        key, size = run_model_key(args.backbone_arch, args.pretrained, args.seed), config_image_size(args.backbone_arch)
+        for ds_name, classname, path in ((d, c, synthetic_path(s.out_dir, d, c)) for s in sets for d, c in s.targets):
+            if not path.exists():
+                continue
             try:
-                meta = read_synthetic(path)["meta"] if path.exists() else {"model_key": key}
+                data = read_synthetic(path)
             except UserError as e:
                 problems.append(f"{e} (or pass --overwrite)")
                 continue
-            if meta.get("model_key") != key:
-                problems.append(f"{path} exists and was made by model '{meta.get('model_key')}', not '{key}': "
-                                "use another --out_dir, or --overwrite to replace it")
+            problems += [f"{path} exists and {what}: use another --out_dir, or --overwrite to replace it"
+                         for what, _ in synthetic_problems(data, key, size, ds_name, classname,
+                                                           datasets[ds_name].classnames.index(classname))]
     check_all(problems)
-    return datasets, targets
+    return datasets, sets
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    if args.method != "faithful":  # beyond the paper: several plain runs
-        return preset_sets(list(sys.argv[1:] if argv is None else argv), args)
-    datasets, targets = validate(args)
+    datasets, sets = validate(args)
     lm: LoadedModel = load_model(args.backbone_arch, args.pretrained, args.device, args.data_root)
+    summaries, empty = [], []
+    for s in sets:
+        made, failed = generate(lm, datasets, s, args)
+        summaries, empty = summaries + made, empty + failed
+    check_all(empty)  # after every class: the ones that worked are kept
+    return summaries
+
+
+def generate(lm: LoadedModel, datasets: dict, s: SetPlan, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Make one set (the classes whose file is not there yet): the metadata of each file written, and a
+    line for each class that got no image (no file is written for it)."""
     key, size = run_model_key(args.backbone_arch, args.pretrained, args.seed), lm.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    summaries, weights_cache = [], {}
-    for ds_name, classname in targets:
+    summaries, weights_cache, empty = [], {}, []
+    for ds_name, classname in s.targets:
         ds = datasets[ds_name]
-        path = synthetic_path(args.out_dir, ds_name, classname)
-        if path.exists() and not args.overwrite:
-            meta = read_synthetic(path)["meta"]
-            if meta.get("model_key") != key:
-                raise UserError(f"{path} exists and was made by model '{meta.get('model_key')}', not '{key}': "
-                                "use another --out_dir, or --overwrite to replace it")
-            print(f"{ds_name}/{classname}: {path} exists ({meta['n_images']} images), skipped")
+        path = synthetic_path(s.out_dir, ds_name, classname)
+        if path.exists() and not args.overwrite:  # checked by validate: this model's, this class's, usable
+            print(f"{ds_name}/{classname}: {path} exists ({read_synthetic(path)['meta']['n_images']} images), skipped")
             continue
-        cfg = DatagenConfig(**{f.name: getattr(args, f.name) for f in fields(DatagenConfig)})
+        cfg = s.cfg
         paper = datagen_setting(lm.tag, ds_name, classname) if args.paper_settings else None
         if paper:
-            cfg.high_prob, cfg.sub_prob = paper
+            cfg = replace(cfg, high_prob=paper[0], sub_prob=paper[1])
         if ds_name not in weights_cache:
             weights_cache[ds_name] = classifier_weights(lm, ds, args.device)
         target = ds.classnames.index(classname)
-        gen = torch.Generator().manual_seed(class_seed(args.seed if args.noise_seed is None else args.noise_seed,
-                                                       ds_name, classname))
+        gen = torch.Generator().manual_seed(class_seed(s.noise_seed, ds_name, classname))
         start = time.time()
         with tqdm(total=cfg.n_generated, desc=f"{ds_name}/{classname}", unit="img") as bar:
             res = synthesise(lm.model, weights_cache[ds_name], target, size, cfg, gen, args.device, bar, args.precision)
         secs = time.time() - start
+        if not len(res.images):  # an empty file would only fail later, in train.py: say why now, write nothing
+            empty.append(f"{ds_name}/{classname}: no image accepted ({res.failed} attempts of up to {cfg.max_steps} "
+                         "steps failed): "
+                         f"{nothing_accepted(res, ds.classnames, target, lm.pretrained == 'none')}")
+            print(f"{ds_name}/{classname}: no image accepted, nothing written")
+            continue
         incomplete = None if res.complete else (
             f"stopped by --max_failed after {res.failed} failed attempts with {len(res.images)} of {cfg.n_generated} "
             "images (the paper's loop has no such stop and would keep trying)")
         meta = {"model_key": key, "arch": lm.tag, "pretrained": lm.pretrained, "dataset": ds_name,
                 "classname": classname, "class_index": target, "template": ds.template, "seed": args.seed,
-                **({} if args.noise_seed is None else {"noise_seed": args.noise_seed}),
+                **({} if s.noise_seed == args.seed else {"noise_seed": s.noise_seed}),
                 "complete": res.complete, "n_requested": cfg.n_generated, "failed_attempts": res.failed,
                 **({} if res.complete else {"incomplete": incomplete}),
                 "threshold_drops": res.threshold_drops, "final_threshold": res.final_threshold,
@@ -431,34 +488,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
               f"steps median {res.steps.float().median().item() if len(res.steps) else 0:.0f}, "
               f"{secs:.1f} s -> {path}")
         summaries.append(meta)
-    return summaries
+    return summaries, empty
 
 
-def preset_sets(argv: list[str], args: argparse.Namespace) -> list[dict]:
-    """datagen.py --method confident: the forget sets, then the held-out and retain sets, each a plain
-    datagen run (the user's options win over the preset's, except the folders and sizes of the
-    held-out and retain sets)."""
-    from copy import copy
-    preset = PRESETS[args.method]
-    own = ("--method", "--retain_per_class")  # this function's options, not the plain runs'
-    user = [a for i, a in enumerate(argv) if a not in own and (i == 0 or argv[i - 1] not in own)
-            and not a.startswith(tuple(o + "=" for o in own))]
-    out = Path(args.out_dir or f"generated_{arch_tag(args.backbone_arch)}{preset['generated_suffix']}")
-    checked = copy(args)
-    checked.out_dir = str(out)
-    _, targets = validate(checked)  # report every problem before the first set starts
-    seed = args.seed if args.noise_seed is None else args.noise_seed
-    margin = ["--accept_margin", str(preset["accept_margin"]), "--max_steps", str(preset["max_steps"])]
-    used = ",".join(dict.fromkeys(d for d, _ in targets))
-    summaries = main(margin + user + ["--out_dir", str(out)])
-    summaries += main(margin + user + ["--out_dir", str(out / "heldout"), "--n_generated", str(preset["heldout_n"]),
-                                       "--noise_seed", str(seed + preset["heldout_seed_offset"])])
-    n_retain = preset["retain_per_class"] if args.retain_per_class is None else args.retain_per_class
-    if n_retain > 0:
-        summaries += main(margin + user + ["--out_dir", str(out / "retain"), "--run_ds", used, "--forget_labels",
-                                           "all", "--n_generated", str(n_retain),
-                                           "--noise_seed", str(seed + preset["retain_seed_offset"])])
-    return summaries
+def nothing_accepted(res: SynthResult, classnames: list[str], target: int, random_weights: bool) -> str:
+    """Why an attempt never passed: the class the model gave the last images instead, or too low a probability."""
+    counts = Counter(res.last_top1.tolist())
+    top, n = counts.most_common(1)[0] if counts else (target, 0)
+    if top == target:
+        return (f"'{classnames[target]}' was their top-1 but never above probability {res.final_threshold:.3f}; "
+                "lower --high_prob / --min_prob or raise --max_steps")
+    why = f"the model's top-1 on its last images was '{classnames[top]}' ({n} of {len(res.last_top1)})"
+    if random_weights:
+        why += (" (random weights give one class to every image: for a structural check forget that class, "
+                "or train on real images with train.py --generated_data 0)")
+    return why
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import open_clip
 import torch
+import yaml
 
 from common import REPO, UserError, atomic_torch_save, atomic_write_json, cache_dir, check_all, close_names, \
-    default_data_root
+    default_data_root, torch_load, unreadable_reason
 
 # The paper's spellings -> open_clip configs with QuickGELU, which OpenAI's weights were trained with
 # (the plain configs use GELU and only warn when given OpenAI weights: SPEC §5).
@@ -24,9 +27,13 @@ ALIASES = {
     "RN50": "RN50-quickgelu",
     "ViT-B/16": "ViT-B-16-quickgelu",
     "ViT-B-16": "ViT-B-16-quickgelu",
+    "RN": "RN50-quickgelu",  # the paper's scripts name its two backbones RN and ViT (datagen.sh, train.sh)
+    "ViT": "ViT-B-16-quickgelu",
 }
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 DEMO = "demo"
 MODEL_CONFIGS = REPO / "configs" / "models"
+ARCH_CONFIGS = REPO / "configs" / "archs"
 open_clip.add_model_config(MODEL_CONFIGS)
 
 
@@ -68,17 +75,21 @@ def default_pretrained(arch: str) -> str:
 
 
 def check_pretrained(arch: str, pretrained: str) -> list[str]:
-    """Problems with a --pretrained value, found without building anything."""
+    """Problems with a --pretrained value, found without building anything: a tag of the model (a
+    known tag wins over a file of the same name), 'none', a checkpoint file, or for the demo 'demo'."""
     name = resolve_arch(arch)
-    if pretrained in ("none", "demo") and (pretrained == "none" or name == DEMO):
+    if pretrained == "none" or (pretrained == "demo" and name == DEMO):
         return []
-    if Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained:
-        return [] if Path(pretrained).is_file() else [f"checkpoint file {pretrained} not found"]
     tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
-        return [f"model '{name}' has no pretrained weights '{pretrained}'"
-                f"{close_names(pretrained, tags)} (known: {', '.join(tags) or 'none'}; or 'none', or a file)"]
-    return []
+    path = Path(pretrained)
+    if pretrained in tags or path.is_file():
+        return []
+    if path.is_dir():
+        return [f"--pretrained {pretrained} is a folder, not a checkpoint file"]
+    if path.suffix in CHECKPOINT_SUFFIXES or "/" in pretrained:
+        return [f"checkpoint file {pretrained} not found"]
+    return [f"model '{name}' has no pretrained weights '{pretrained}'"
+            f"{close_names(pretrained, tags)} (known: {', '.join(tags) or 'none'}; or 'none', or a file)"]
 
 
 def check_model(arch: str, pretrained: str | None) -> tuple[str | None, list[str]]:
@@ -99,53 +110,161 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
     problems = check_pretrained(arch, pretrained)
     if problems:
         raise UserError(problems[0])
-    is_file = Path(pretrained).is_file()
-    random_init = pretrained in ("none", "demo") or is_file
-    if random_init:  # open_clip warns that it initialised randomly: that is what we asked for
-        logging.disable(logging.WARNING)
-    try:
-        with torch.random.fork_rng():  # random initial weights are the same in every process
-            torch.manual_seed(0)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=None if random_init else pretrained)
-    finally:
-        logging.disable(logging.NOTSET)
+    is_tag = pretrained in open_clip.list_pretrained_tags_by_model(name)
+    is_file = not is_tag and Path(pretrained).is_file()
+    delta = read_delta(pretrained, name) if is_file else None
+    if delta is not None:  # train.py's delta: its base weights + the changed tensors
+        lm = load_model(arch, delta["pretrained"], device, data_root)
+        apply_state(lm.model, {**lm.model.state_dict(), **delta["changed"]}, pretrained)
+        lm.pretrained = pretrained
+        return lm
+    with torch.random.fork_rng(), quiet_logs(not is_tag):  # random initial weights: the same in every process
+        torch.manual_seed(0)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained if is_tag else None)
+        except (RuntimeError, OSError) as e:
+            if is_tag and "download" in str(e).lower():
+                raise UserError(download_advice(name, pretrained)) from None
+            raise
     tokenizer = open_clip.get_tokenizer(name)
     if is_file:
-        ckpt = read_checkpoint(pretrained)
-        if isinstance(ckpt, dict) and "changed" in ckpt:  # train.py's delta: base weights + changed tensors
-            lm = load_model(arch, ckpt["pretrained"], device, data_root)
-            apply_state(lm.model, {**lm.model.state_dict(), **ckpt["changed"]}, pretrained)
-            lm.pretrained = pretrained
-            return lm
-        apply_state(model, ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt, pretrained)
+        apply_state(model, None, pretrained)
     elif name == DEMO and pretrained == "demo":
         model.load_state_dict(_demo_weights(model, preprocess, tokenizer, data_root or default_data_root()))
     model = model.float().to(device).eval()
     return LoadedModel(model, preprocess, tokenizer, name, name.removesuffix("-quickgelu"), pretrained)
 
 
+@contextmanager
+def quiet_logs(everything: bool) -> Iterator[None]:
+    """Inside: no log lines from open_clip and the Hugging Face hub below ERROR (every line with
+    `everything`: open_clip warns that it initialised randomly, which is what was asked). A failed
+    download becomes one UserError line instead of the hub's retry warnings and open_clip's log."""
+    logging.disable(logging.CRITICAL if everything else logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def download_advice(name: str, tag: str) -> str:
+    """What to do when open_clip cannot download a model's weights (an offline node, usually)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+    return (f"cannot download the '{tag}' weights of {name} (no network here?): download them once on a machine "
+            f"with network (python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\") "
+            f"into the Hugging Face cache this machine reads ({HF_HUB_CACHE}; HF_HOME moves it), or pass "
+            "--pretrained path/to/weights.pt; HF_HUB_OFFLINE=1 makes this error come at once instead of after retries")
+
+
+def read_delta(path: str, name: str) -> dict | None:
+    """A train.py model file (the changed tensors of an unlearned model) at `path`, checked against the
+    model `name` it is given for; None for any other checkpoint. Only the file's structure is read
+    (mmap): a plain checkpoint is then loaded once, by open_clip."""
+    if Path(path).suffix == ".safetensors":
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip archive (torch.save's legacy format, or not a checkpoint at all)
+        ckpt = read_checkpoint(path)
+    except Exception as e:
+        raise UserError(f"cannot load checkpoint {path}: {unreadable_reason(Path(path), e)}") from None
+    if not (isinstance(ckpt, dict) and "changed" in ckpt):
+        return None
+    saved_for = ckpt.get("arch")
+    if saved_for not in (None, name):
+        raise UserError(f"{path} was saved for {saved_for.removesuffix('-quickgelu')}, not "
+                        f"{name.removesuffix('-quickgelu')}: pass --backbone_arch {saved_for.removesuffix('-quickgelu')}")
+    return ckpt
+
+
 def read_checkpoint(path: str):
     """Read a checkpoint safely (weights_only: no pickled code); a broken file is a user error."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        why = (str(e).splitlines() or [type(e).__name__])[0]  # an empty file's error has no message
-        raise UserError(f"cannot load checkpoint {path}: {why}") from None
+        return torch_load(path)
+    except ValueError as e:
+        raise UserError(f"cannot load checkpoint {path}: {e}") from None
 
 
-def apply_state(model: torch.nn.Module, state: dict, path: str) -> None:
+def apply_state(model: torch.nn.Module, state: dict | None, path: str) -> None:
+    """Load `state` into the model, or with None the plain checkpoint file at `path` through open_clip's
+    load_checkpoint (a 'state_dict' key, 'module.' prefixes, resized position embeddings). The file
+    has been read once already (read_delta), so what fails here is its content: one line saying how."""
     try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"checkpoint {path} does not fit this model: {why}") from None
+        if state is None:
+            open_clip.load_checkpoint(model, path)
+        else:
+            model.load_state_dict(state)
+    except Exception as e:
+        if "Error(s) in loading state_dict" not in str(e):
+            raise UserError(f"cannot load checkpoint {path}: it holds no state dict of model weights") from None
+        raise UserError(f"checkpoint {path} does not fit this model: {state_mismatch(e)}") from None
+
+
+def state_mismatch(error: Exception) -> str:
+    """load_state_dict's mismatch report in one line: counts of missing and unexpected keys, and the
+    first size mismatch (its own message is a paragraph, one line per key)."""
+    text = str(error)
+    missing = re.search(r"Missing key\(s\) in state_dict: (.*?)\.\s*$", text, flags=re.M)
+    unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$", text, flags=re.M)
+    size = re.search(r"size mismatch for ([^:]+): (.*?)\.\s*$", text, flags=re.M)
+    parts = []
+    for label, m in (("missing", missing), ("unexpected", unexpected)):
+        if m:
+            keys = re.findall(r'"([^"]+)"', m.group(1))
+            parts.append(f"{len(keys)} {label} key(s), e.g. {keys[0]}" if keys else label + " keys")
+    n_size = len(re.findall(r"size mismatch for ", text))
+    if size:
+        parts.append(f"{n_size} tensor(s) of another shape, e.g. {size.group(1)}: {size.group(2)}")
+    return "; ".join(parts) or (text.strip().splitlines() or [type(error).__name__])[0]
+
+
+def arch_settings(arch: str) -> dict:
+    """The unlearning settings of a backbone, configs/archs/<tag>.yaml (the paper's per-backbone top-k
+    schedule, frozen tensors and lr); another open_clip model gets RN50's or ViT-B-16's by the type of
+    its image tower (open_clip configs give a ModifiedResNet tower its layers per stage, a list)."""
+    path = ARCH_CONFIGS / f"{arch_tag(arch)}.yaml"
+    if not path.is_file():
+        layers = ((open_clip.get_model_config(resolve_arch(arch)) or {}).get("vision_cfg") or {}).get("layers")
+        path = ARCH_CONFIGS / ("RN50.yaml" if isinstance(layers, (list, tuple)) else "ViT-B-16.yaml")
+        print(f"note: no configs/archs/{arch_tag(arch)}.yaml; using {path.name}")
+    return yaml.safe_load(path.read_text())
+
+
+@contextmanager
+def applied(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The model with `changed` tensors (state_dict names: an unlearned model's delta) in place of its
+    own, restored on exit."""
+    state = model.state_dict()
+    unknown = [n for n in changed if n not in state]
+    if unknown:
+        raise UserError(f"changed tensor '{unknown[0]}' is not a parameter of this model")
+    kept = {n: state[n].clone() for n in changed}
+    try:
+        for n, t in changed.items():
+            state[n].copy_(t)
+        yield
+    finally:
+        for n, t in kept.items():
+            state[n].copy_(t)
+
+
+def towers_changed(changed: dict[str, torch.Tensor]) -> dict[str, bool]:
+    """Which towers a set of changed tensors touches (the logit scale belongs to neither: evaluation
+    uses the fixed scale 100)."""
+    return {"image": any(n.startswith("visual.") for n in changed),
+            "text": any(not n.startswith("visual.") and n != "logit_scale" for n in changed)}
+
+
+def batchnorm_parameters(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters of every BatchNorm layer (frozen when unlearning, left alone when relearning)."""
+    return {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters()}
 
 
 def _demo_key() -> str:
     """Cache key of the demo weights: changes when the model, data or training recipe changes."""
     h = hashlib.sha1()
-    for f in [MODEL_CONFIGS / "demo.json", REPO / "configs" / "demo_world.yaml", REPO / "demo_world.py", REPO / "models.py",
+    for f in [MODEL_CONFIGS / "demo.json", REPO / "configs" / "demo_world.yaml", REPO / "demo_world.py",
               REPO / "configs" / "datasets" / "Digits.yaml", REPO / "configs" / "datasets" / "Shapes.yaml",
               REPO / "datasets" / "digits.py", REPO / "datasets" / "shapes.py"]:
         h.update(f.read_bytes())

@@ -22,9 +22,9 @@ folder's logs.json, a synthetic set when datagen.py ended well and its file is t
 """
 from __future__ import annotations
 
+import interrupts  # noqa: F401  (first: Ctrl-C during the imports below is one line)
+
 import argparse
-import contextlib
-import io
 import json
 import os
 import re
@@ -36,14 +36,14 @@ import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
-from common import REPO, UserError, _atomic, atomic_write_json, atomic_write_text, check_all, close_names, \
-    default_data_root, run_cli
+from common import ArgumentParser, REPO, UserError, _atomic, atomic_write_json, atomic_write_text, check_all, \
+    check_writable, close_names, default_data_root, run_cli
+from runs import RunFolder
 from synthetic import safe_name, synthetic_path
 
 if TYPE_CHECKING:
@@ -105,8 +105,9 @@ def option_args(options: dict) -> list[str]:
 def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
     """Read and check a sweep file; every problem is reported at once, before any job starts.
 
-    Option names and values are checked by datagen.py's and train.py's own parsers; with check_data, the
-    datasets are read and the forget classes looked up in them (--dry_run skips this: no data needed).
+    Option names and values are checked by datagen.py's and train.py's own parsers and option checks, for
+    every backbone; with check_data, the datasets are read and the forget classes looked up in them
+    (--dry_run skips this: no data needed, and it says so).
     """
     path = Path(path)
     if not path.is_file():
@@ -114,7 +115,10 @@ def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") \
+            from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a sweep file is a mapping of {', '.join(SWEEP_KEYS)}")
     problems = [f"unknown key '{k}'{close_names(k, SWEEP_KEYS)} (known: {', '.join(SWEEP_KEYS)})"
@@ -170,7 +174,7 @@ def load_sweep(path: str | Path, check_data: bool = True) -> Sweep:
                                                  options["all"].get("data_root") or default_data_root(), check_data)
     sweep = Sweep(name, path, backbones, tags, datasets, classes, seeds, options, settings, methods,
                   {**SLURM_DEFAULTS, **slurm}, audit)
-    check_all([f"{path}: {p}" for p in model_problems + class_problems + _parser_problems(sweep)])
+    check_all([f"{path}: {p}" for p in model_problems + class_problems + _option_problems(sweep)])
     return sweep
 
 
@@ -232,21 +236,29 @@ def _classes(spec: Any, datasets: list[str], data_root: str, check_data: bool) -
     return datasets, pairs, problems
 
 
-def _parser_problems(sweep: Sweep) -> list[str]:
-    """Every datagen setting and method through the script's own argument parser."""
+def _option_problems(sweep: Sweep) -> list[str]:
+    """Every datagen setting and method, for every backbone, through the script's own parser and its
+    own option checks (train.option_problems: the method's options and values; datagen.option_problems):
+    what a job would refuse at its start, found before any job is submitted. A problem every backbone
+    shares is listed once."""
     import datagen
     import train
+    checks = [(f"datagen setting '{s}'", datagen.parse_args, lambda a: datagen.option_problems(a),
+               _datagen_options(sweep, s)) for s in sweep.datagen]
+    checks += [(f"method '{m}'", train.parse_args, lambda a: train.option_problems(a)[2], _train_options(sweep, m))
+               for m in sweep.methods]
     problems = []
-    probes = [(f"datagen setting '{s}'", datagen.parse_args, _datagen_options(sweep, s)) for s in sweep.datagen]
-    probes += [(f"method '{m}'", train.parse_args, _train_options(sweep, m)) for m in sweep.methods]
-    for what, parse, opts in probes:
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                parse(option_args(opts))
-        except SystemExit:
-            lines = err.getvalue().strip().splitlines()
-            problems.append(f"{what}: {lines[-1].split(': error: ', 1)[-1] if lines else 'rejected'}")
+    for what, parse, check, opts in checks:
+        found: dict[str, list[str]] = {}
+        for backbone in sweep.backbones:
+            try:
+                lines = check(parse(["--backbone_arch", backbone, *option_args(opts)]))
+            except UserError as e:
+                lines = str(e).splitlines()
+            for line in lines:
+                found.setdefault(line, []).append(backbone)
+        problems += [f"{what}{'' if len(b) == len(sweep.backbones) else ' (' + ', '.join(b) + ')'}: {line}"
+                     for line, b in found.items()]
     return problems
 
 
@@ -360,24 +372,9 @@ def write_state(job: Job, **state: Any) -> None:
     atomic_write_json(job.state_file, {"job": job.id, **state})
 
 
-@lru_cache(maxsize=64)
-def _finished(path: str, mtime_ns: int, size: int) -> frozenset:
-    try:
-        logs = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return frozenset()
-    return frozenset((d, c) for d, classes in logs.items() if d != "settings" and isinstance(classes, dict)
-                     for c, log in classes.items() if isinstance(log, dict) and log.get("final_results"))
-
-
 def finished_classes(folder: str | Path) -> frozenset:
     """(dataset, class) pairs with final_results in a run folder's logs.json (read once per change)."""
-    path = Path(folder) / "logs.json"
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return frozenset()
-    return _finished(str(path), st.st_mtime_ns, st.st_size)
+    return frozenset(RunFolder(folder).finished())
 
 
 def outputs_exist(job: Job) -> bool:
@@ -667,24 +664,28 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def audit_runs(sweep: Sweep, root: Path) -> list[str]:
-    """With the sweep file's `audit`: audit.py on every run folder with a finished class, for each split
+    """With the sweep file's `audit`: the audit of every run folder with a finished class, for each split
     (resumable: classes already audited are skipped), then the methods compared (compare[_val]_<backbone>.md,
     with the audit's columns and, with the oracle, the retrained model as one more row). Returns the
     comparison files written."""
-    from audit import main as audit_main
-    from clip_forget_utils import compare_main
+    import audit
+    from clip_forget_utils import compare
+    from common import default_device
     written = []
     for tag in sweep.tags:
-        dirs = [run_folder(root, tag, m, 0).parent for m in sweep.methods
-                if any(finished_classes(run_folder(root, tag, m, s)) for s in sweep.seeds)]
-        folders = [run_folder(root, tag, m, s) for m in sweep.methods for s in sweep.seeds
+        methods_done = [m for m in sweep.methods if any(finished_classes(run_folder(root, tag, m, s))
+                                                        for s in sweep.seeds)]
+        folders = [run_folder(root, tag, m, s) for m in methods_done for s in sweep.seeds
                    if finished_classes(run_folder(root, tag, m, s))]
         if not folders:
             continue
+        runs, problems = audit.read_runs(folders, sweep.audit["oracle"])
+        check_all(problems)
         for split in sweep.audit["splits"]:
-            audit_main([*map(str, folders), "--split", split, *(["--oracle"] if sweep.audit["oracle"] else [])])
+            audit.audit_folders(runs, audit.AuditConfig(split=split), default_device(), oracle=sweep.audit["oracle"])
             out = root / (f"compare_{tag}" if split == "test" else f"compare_{split}_{tag}")
-            compare_main([*map(str, dirs), "--split", split, "--out", str(out)])
+            compare([run_folder(root, tag, m, 0).parent for m in methods_done], out, split, gen_data=True,
+                    all_res=True)
             written.append(out.with_suffix(".md").name)
     return written
 
@@ -748,7 +749,7 @@ def plot(methods: pd.DataFrame, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[1] + "\n\n" +
+    p = ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[1] + "\n\n" +
                                 __doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="{run,status,report}")
     run = sub.add_parser("run", help="run or submit the jobs still to do (the default: 'sweep.py SWEEP ...')")
@@ -819,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.executor == "slurm" and (part or args.jobs != 1 or args.gpus):
         problems.append("--shard, --jobs and --gpus are for --executor local")
     check_all(problems)
+    check_all(check_writable(args.results))
     sweep, root = locate(args.sweep, args.results, check_data=not args.dry_run)
     overrides = {"partition": args.partition, "time": args.time, "gpus": args.gpus_per_job, "mem_gb": args.mem_gb,
                  "cpus": args.cpus_per_job, "array_parallelism": args.array_parallelism}
@@ -830,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"({sum(j.kind == 'datagen' for j in jobs)} synthetic sets, {sum(j.kind == 'train' for j in jobs)} "
           f"unlearning runs), {len(jobs) - len(todo)} finished before; results in {root}")
     if args.dry_run:
+        print("(--dry_run: the datasets and forget classes were not read; a real run checks them first)")
         folder = root / "_sweep" / "submitit"
         print(dry_run_slurm(sweep, todo, folder) if args.executor == "slurm" else "\n".join(_job_lines(todo)))
         return {"jobs": todo}

@@ -15,7 +15,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from common import UserError, atomic_torch_save
+from common import UserError, atomic_torch_save, file_hash, torch_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,9 +38,11 @@ def unnormalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel range of normalised values that maps to pixels in [0, 1]."""
-    lo = -_col(IMAGENET_MEAN, x) / _col(IMAGENET_STD, x)
-    return lo, lo + 1 / _col(IMAGENET_STD, x)
+    """Per-channel range of normalised values that maps to pixels in [0, 1], computed as the paper's
+    code does ((0 - mean) / std, (1 - mean) / std): `lo + 1 / std` differs by one ulp on two
+    channels, and many clamped steps carry that apart."""
+    mean, std = _col(IMAGENET_MEAN, x), _col(IMAGENET_STD, x)
+    return -mean / std, (1 - mean) / std
 
 
 def model_view(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -87,12 +89,11 @@ def save_synthetic(path: Path, images: torch.Tensor, probs: torch.Tensor, steps:
 def read_synthetic(path: Path) -> dict:
     """Load a synthetic-set file safely; a corrupt or foreign file is a user error naming it."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch_load(path)
     except FileNotFoundError:
         raise UserError(f"no synthetic images at {path}: run datagen.py first (see README)") from None
-    except Exception as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0][:120]  # some errors have no message
-        raise UserError(f"synthetic-image file {path} is corrupt or not ours: {why}; "
+    except ValueError as e:
+        raise UserError(f"synthetic-image file {path} is corrupt or not ours: {e}; "
                         "delete it and rerun datagen.py") from None
     if not isinstance(data, dict) or not torch.is_tensor(data.get("images")) or not isinstance(data.get("meta"), dict):
         raise UserError(f"synthetic-image file {path} is not a datagen.py file; delete it and rerun datagen.py")
@@ -104,24 +105,43 @@ def noise_seed(meta: dict) -> int:
     return meta.get("noise_seed", meta.get("seed"))
 
 
-def check_synthetic(data: dict, path: Path, model_key: str, image_size: int | None, class_index: int) -> list[str]:
-    """Problems that make a synthetic set unusable for this model and class (empty list if fine;
-    image_size None: any size)."""
+def synthetic_problems(data: dict, model_key: str, image_size: int | None, dataset: str, classname: str,
+                       class_index: int) -> list[tuple[str, str]]:
+    """(what is wrong, what to do) for each reason a synthetic set is unusable for this model and class
+    (image_size None: any size). The class is checked by dataset and name as well as by index: a file
+    copied from another dataset's class of the same index would otherwise train on the wrong images."""
     meta, images = data["meta"], data["images"]
     problems = []
     if meta.get("model_key") != model_key:
-        problems.append(f"{path} was made by model '{meta.get('model_key')}', not '{model_key}'; "
-                        "rerun datagen.py for this model")
+        problems.append((f"was made by model '{meta.get('model_key')}', not '{model_key}'",
+                         "rerun datagen.py for this model"))
     if images.ndim != 4 or (image_size is not None and tuple(images.shape[1:]) != (3, image_size, image_size)):
-        problems.append(f"{path} holds images of shape {tuple(images.shape[1:])}, but the model takes "
-                        f"(3, {image_size}, {image_size}); rerun datagen.py for this model")
+        problems.append((f"holds images of shape {tuple(images.shape[1:])}, but the model takes "
+                         f"(3, {image_size}, {image_size})", "rerun datagen.py for this model"))
     if len(images) == 0:
-        problems.append(f"{path} holds no images; rerun datagen.py (lower --high_prob if no image is accepted)")
+        problems.append(("holds no images", "rerun datagen.py (lower --high_prob if no image is accepted)"))
     elif not images.is_floating_point() or not torch.isfinite(images).all():
-        problems.append(f"{path} holds non-finite or non-float pixel values; delete it and rerun datagen.py")
-    if meta.get("class_index") != class_index:
-        problems.append(f"{path} was made for class index {meta.get('class_index')}, not {class_index}")
+        problems.append(("holds non-finite or non-float pixel values", "delete it and rerun datagen.py"))
+    made_for = (meta.get("dataset"), meta.get("classname"))
+    if made_for != (dataset, classname):
+        problems.append((f"holds images of {made_for[0]}/{made_for[1]}, not {dataset}/{classname}",
+                         "rerun datagen.py for this class"))
+    elif meta.get("class_index") != class_index:
+        problems.append((f"was made for class index {meta.get('class_index')}, not {class_index} (another class "
+                         f"list of {dataset}?)", "rerun datagen.py for this class"))
     return problems
+
+
+def check_synthetic(data: dict, path: Path, model_key: str, image_size: int | None, dataset: str, classname: str,
+                    class_index: int) -> list[str]:
+    """One line per problem that makes the synthetic set at `path` unusable for this model and class."""
+    return [f"{path} {what}; {advice}"
+            for what, advice in synthetic_problems(data, model_key, image_size, dataset, classname, class_index)]
+
+
+def file_record(path: Path, meta: dict) -> dict:
+    """Which synthetic file a run trained on, for its logs: path, content hash and noise seed."""
+    return {"path": str(path), "sha1": file_hash(path), "noise_seed": noise_seed(meta)}
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.125, scale: float = 0.2,

@@ -8,11 +8,12 @@ Classifier weights are the L2-normalised text embeddings of the dataset's prompt
 """
 from __future__ import annotations
 
+import interrupts  # noqa: F401  (first: Ctrl-C during the imports below is one line)
+
 import argparse
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Sequence
 
 import open_clip
@@ -20,12 +21,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import REPO, UserError, atomic_write_json, cache_dir, check_all, check_device, check_writable, \
-    default_data_root, default_device, run_cli, seed_everything
+from common import ArgumentParser, REPO, atomic_write_json, cache_dir, check_all, check_device, \
+    check_writable, default_data_root, default_device, run_cli, seed_everything
 from datasets import DatasetSplits, ImageDataset, build_datasets
 from models import LoadedModel, arch_tag, check_model, default_pretrained, demo_weights_path, load_model
 
 EVAL_SCALE = 100.0  # the paper's fixed logit scale for evaluation (not the model's learned one)
+# prompts per text-tower forward pass: memory stays bounded whatever the number of classes and templates
+# (StanfordCars' 196 classes x 80 templates would be 15,680 prompts in one pass, ~40 GB for RN50)
+PROMPTS_PER_BATCH = 256
 REFERENCE = REPO / "reference"  # the paper's published zero-shot figures
 
 
@@ -39,12 +43,15 @@ def classifier_weights(lm: LoadedModel, ds: DatasetSplits, device: str) -> torch
 def build_classifier(model, tokenizer, classnames: Sequence[str], template: str | Sequence, device: str
                      ) -> torch.Tensor:
     """(D, K) normalised mean embedding of each class name over a template, or over a list of them
-    (format strings or open_clip's callables), in eval mode."""
+    (format strings or open_clip's callables), in eval mode; at most PROMPTS_PER_BATCH prompts (or one
+    class's templates, if more) per forward pass."""
     was_training = model.training
     model.eval()
     templates = [template] if isinstance(template, str) else list(template)
     w = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
-                                             num_classes_per_batch=256, device=device)
+                                             num_classes_per_batch=max(1, PROMPTS_PER_BATCH // len(templates)),
+                                             device=device,
+                                             use_tqdm=len(classnames) * len(templates) > 8 * PROMPTS_PER_BATCH)
     model.train(was_training)
     return w
 
@@ -113,24 +120,34 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, k: int) -> lis
     return (correct / count.clamp(min=1)).tolist()
 
 
-def model_key(lm: LoadedModel) -> str | None:
-    """Cache key for a model's baselines; None for random weights (nothing worth caching)."""
-    if lm.pretrained == "none":
+def model_key(tag: str, pretrained: str) -> str | None:
+    """Cache key of a model's baselines, from its short name and weights; None for random weights
+    (nothing worth caching)."""
+    if pretrained == "none":
         return None
-    if lm.pretrained == "demo":
+    if pretrained == "demo":
         return demo_weights_path().stem
-    p = Path(lm.pretrained)
+    p = Path(pretrained)
     if p.is_file():
-        return f"{lm.tag}-{hashlib.sha1(p.read_bytes()).hexdigest()[:12]}"
-    return f"{lm.tag}-{lm.pretrained}"
+        return f"{tag}-{hashlib.sha1(p.read_bytes()).hexdigest()[:12]}"
+    return f"{tag}-{pretrained}"
 
 
 def run_model_key(arch: str, pretrained: str | None, seed: int) -> str:
     """The key synthetic files and results are tagged with: model_key of the model that
     load_model(arch, pretrained) builds, derived from the names alone (nothing is built), or
     '<tag>-random-seed<seed>' for random weights."""
-    tag, pretrained = arch_tag(arch), pretrained or default_pretrained(arch)
-    return model_key(SimpleNamespace(tag=tag, pretrained=pretrained)) or f"{tag}-random-seed{seed}"
+    tag = arch_tag(arch)
+    return model_key(tag, pretrained or default_pretrained(arch)) or f"{tag}-random-seed{seed}"
+
+
+def reference_file(arch: str, pretrained: str | None) -> Path | None:
+    """The paper's published zero-shot figures (reference/) of a backbone: OpenAI's RN50 and ViT-B/16
+    weights have them; any other model or weights (demo, random, fine-tuned) has none."""
+    if (pretrained or default_pretrained(arch)) != "openai":
+        return None
+    path = REFERENCE / f"zeroshot_openai_{arch_tag(arch)}.json"
+    return path if path.is_file() else None
 
 
 def compute_baselines(lm: LoadedModel, ds: DatasetSplits, device: str, batch_size: int = 256,
@@ -156,7 +173,7 @@ def baselines(lm: LoadedModel, ds: DatasetSplits, device: str, batch_size: int =
               train: bool = True) -> dict[str, dict[str, float]]:
     """compute_baselines, cached as JSON per (model, dataset data) under the cache folder; a
     test-only request is also answered by a cached full one."""
-    key = model_key(lm)
+    key = model_key(lm.tag, lm.pretrained)
     full, test_only = baseline_path(key, ds), baseline_path(key, ds, test_only=True)
     for path in [full] + ([] if train else [test_only]):
         if key and path.is_file():
@@ -204,7 +221,7 @@ def compare_to_reference(ours: dict, reference: dict, tol: float = 0.01) -> list
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Zero-shot accuracy of a CLIP model, per dataset and class.")
+    p = ArgumentParser(description="Zero-shot accuracy of a CLIP model, per dataset and class.")
     p.add_argument("--backbone_arch", default="demo", help="RN50, ViT-B/16, demo or any open_clip model")
     p.add_argument("--pretrained", default=None, help="openai (default), another open_clip tag, none, or a file")
     p.add_argument("--run_ds", default="Digits,Shapes", help="comma-separated dataset names")
@@ -231,10 +248,11 @@ def validate(args: argparse.Namespace) -> dict[str, DatasetSplits]:
     if args.out:
         problems += [f"--out {args.out} is a folder, not a file"] if Path(args.out).is_dir() \
             else check_writable(Path(args.out).parent)
-    if args.compare and (tag or args.compare != "auto"):
-        ref = Path(args.compare) if args.compare != "auto" else REFERENCE / f"zeroshot_openai_{tag}.json"
-        if not ref.is_file():
-            problems.append(f"no reference file {ref} (--compare)")
+    if args.compare == "auto" and tag and not reference_file(args.backbone_arch, args.pretrained):
+        problems.append(f"no published figures of the paper for {tag} with weights '{args.pretrained or 'openai'}' "
+                        "(reference/ has OpenAI's RN50 and ViT-B/16); pass --compare FILE")
+    elif args.compare not in (None, "auto") and not Path(args.compare).is_file():
+        problems.append(f"no reference file {args.compare} (--compare)")
     check_all(problems)
     return datasets
 
@@ -252,10 +270,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{len(ds.classnames)} classes)")
     if args.out:
         atomic_write_json(args.out, results)
-    if args.compare:
-        ref_file = Path(args.compare) if args.compare != "auto" else REFERENCE / f"zeroshot_openai_{lm.tag}.json"
-        if not ref_file.is_file():
-            raise UserError(f"no reference file {ref_file}")
+    if args.compare:  # checked by validate
+        ref_file = Path(args.compare) if args.compare != "auto" else reference_file(args.backbone_arch, args.pretrained)
         diffs = compare_to_reference(results, json.loads(ref_file.read_text()))
         print("\n".join(diffs) if diffs else f"all figures within 0.01 of {ref_file.name}")
     return results

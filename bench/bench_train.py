@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import methods  # noqa: E402
 from common import PRECISIONS, atomic_write_json, default_device, precision, seed_everything  # noqa: E402
 from models import load_model  # noqa: E402
-from train import arch_config  # noqa: E402
+from models import arch_settings  # noqa: E402
 from methods.base import Snapshot, freeze  # noqa: E402
-from methods.lipschitz import Config as UnlearnConfig, lipschitz_loss, select_top_k  # noqa: E402
+from methods.lipschitz import Config as UnlearnConfig, select_top_k  # noqa: E402
+from methods.pieces import lipschitz_loss  # noqa: E402
 
 
 def naive_loss(model, x, tokens, std: float, n_samples: int) -> torch.Tensor:
@@ -86,7 +87,7 @@ def main() -> None:
     seed_everything(0)
     lm = load_model(args.arch, args.pretrained, args.device)
     # the paper's settings for this backbone, as train.py builds them
-    _, cfg, _ = methods.configure("lipschitz", argparse.Namespace(n_samples=args.n_samples), arch_config(args.arch))
+    _, cfg, _ = methods.configure("lipschitz", argparse.Namespace(n_samples=args.n_samples), arch_settings(args.arch))
     size = lm.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     x = torch.randn(args.batch, 3, size, size, device=args.device)

@@ -13,12 +13,19 @@ from datasets.base import Datum, DatasetConfig, DatasetSplits, ImageDataset, rea
 __all__ = ["Datum", "DatasetSplits", "ImageDataset", "build_dataset", "dataset_config", "known_datasets"]
 
 
+# Datasets of the paper's repository (its Dassl registry names) that this project does not read, and why
+NOT_READ = {name: "the authors' split file, which says which images and class names it has, is not public"
+            for name in ("BirdsImnet", "DogsImnet", "VehiclesImnet", "WebSamples")}
+NOT_READ["PLANTDOC"] = "its public split file names images that the public PlantDoc release does not have"
+
+
 @lru_cache(maxsize=None)
 def _configs() -> dict[str, DatasetConfig]:
     cfgs = {}
     for f in sorted((REPO / "configs" / "datasets").glob("*.yaml")):
         raw = yaml.safe_load(f.read_text())
         known = {k: raw.pop(k) for k in ("name", "folder", "image_dir", "split_file", "template")}
+        known["other_names"] = list(raw.pop("other_names", None) or [])
         known["module"] = raw.pop("module", None)  # none: the dataset is read from its split file only
         aliases = raw.pop("aliases", None) or {}
         if "aliases_file" in raw:  # shared by several datasets: {dataset: {classname: [alias, ...]}}
@@ -35,13 +42,18 @@ def known_datasets() -> list[str]:
 
 
 def dataset_config(name: str) -> DatasetConfig:
-    """The config of a dataset by name (case-insensitive); unknown names list the known ones."""
+    """The config of a dataset by name or other name (e.g. the paper's DescribableTextures for DTD),
+    case-insensitive; unknown names list the known ones."""
     cfgs = _configs()
-    by_lower = {k.lower(): k for k in cfgs}
-    if name.lower() not in by_lower:
-        raise UserError(f"unknown dataset '{name}'{close_names(name, cfgs)} "
-                        f"(known: {', '.join(cfgs)})")
-    return cfgs[by_lower[name.lower()]]
+    by_lower = {n.lower(): k for k, cfg in cfgs.items() for n in (k, *cfg.other_names)}
+    if name.lower() in by_lower:
+        return cfgs[by_lower[name.lower()]]
+    paper = {k.lower(): k for k in NOT_READ}
+    if name.lower() in paper:
+        raise UserError(f"{paper[name.lower()]} is a dataset of the paper's repository that this project does not "
+                        f"read: {NOT_READ[paper[name.lower()]]}; {DATASETS_DOC} (not supported)")
+    names = [n for cfg in cfgs.values() for n in (cfg.name, *cfg.other_names)]
+    raise UserError(f"unknown dataset '{name}'{close_names(name, names)} (known: {', '.join(cfgs)})")
 
 
 def build_dataset(name: str, data_root: str | Path) -> DatasetSplits:
@@ -54,6 +66,8 @@ def build_dataset(name: str, data_root: str | Path) -> DatasetSplits:
     module = importlib.import_module(f"datasets.{cfg.module}") if cfg.module else None
     data_root = Path(data_root)
     root = data_root / cfg.folder
+    if data_root.exists() and not data_root.is_dir():
+        raise UserError(f"data root {data_root} is a file, not a folder; {DATASETS_DOC}")
     if hasattr(module, "materialise"):  # demo datasets: made by the code, deterministically
         module.materialise(root, cfg)
     if not data_root.is_dir():

@@ -39,6 +39,7 @@ class DatasetConfig:
     split_file: str  # below the dataset folder
     template: str  # zero-shot prompt, e.g. "a photo of a {}."
     module: str | None  # the datasets/<module>.py that knows how to build a missing split (None: it cannot be built)
+    other_names: list[str] = field(default_factory=list)  # other spellings it is asked for by, e.g. the paper's
     extra: dict = field(default_factory=dict)  # reader-specific settings
     # every prompt template of the dataset, for the template-ensemble audit: a list of format strings,
     # or "openai_imagenet" for the 80 CLIP ImageNet templates that open_clip ships (default: [template])

@@ -1,9 +1,9 @@
 """Unlearning methods behind one interface (see methods/base.py); `train.py --method NAME` picks one.
 
-Each method's defaults live in its `Config` dataclass, and every field of every Config is a
-train.py option of the same name (default: the chosen method's own). Precedence, lowest first:
-the Config default, configs/archs/<arch>.yaml (the paper's per-backbone settings, for `lipschitz`),
-the preset, the command line. A preset is a method with options (and the synthetic sets it reads).
+Each method's defaults live in its `Config` dataclass, and every field of every Config is a train.py
+option of the same name (default: the chosen method's own; --help lists them per method). Precedence,
+lowest first: the Config default, the backbone's configs/archs/<tag>.yaml for the fields the method
+names in ARCH_KEYS, the preset, the command line. A preset is a method with options.
 """
 from __future__ import annotations
 
@@ -19,24 +19,22 @@ METHODS: dict[str, ModuleType] = {name: importlib.import_module(f"methods.{name}
                                   for name in ("lipschitz", "hinge", "neggrad", "textspace", "projedit")}
 DEFAULT = "lipschitz"
 
-# preset -> the method, its options, and the suffix of the synthetic-set folder it reads
-# (datagen.py --method confident writes generated_<ARCH>_confident). improved: the setting the forgetting
-# audit ranks best on the demo's val split (configs/sweeps/select.yaml; README "Methods"): textspace with
-# its defaults (the text projection adapted; no image needed, so it runs on any class name)
+# preset -> the method and its options. faithful: the paper's method by its old name; improved: textspace
+# with its defaults, the text projection adapted with no image, so it runs on any class name (docs/methods.md:
+# how it was chosen)
 PRESETS: dict[str, dict[str, Any]] = {
-    "faithful": {"method": "lipschitz", "options": {}, "generated_suffix": ""},  # the paper, by its old name
-    "improved": {"method": "textspace", "options": {}, "generated_suffix": ""},
+    "faithful": {"method": "lipschitz", "options": {}},
+    "improved": {"method": "textspace", "options": {}},
 }
 CHOICES = [*METHODS, *PRESETS]
 
 
-def resolve(name: str) -> tuple[ModuleType, dict, str]:
-    """(method module, preset options, synthetic-set folder suffix) of a --method value."""
+def resolve(name: str) -> tuple[ModuleType, dict]:
+    """(method module, preset options) of a --method value."""
     if name in PRESETS:
-        preset = PRESETS[name]
-        return METHODS[preset["method"]], dict(preset["options"]), preset["generated_suffix"]
+        return METHODS[PRESETS[name]["method"]], dict(PRESETS[name]["options"])
     if name in METHODS:
-        return METHODS[name], {}, ""
+        return METHODS[name], {}
     raise UserError(f"unknown --method '{name}'{close_names(name, CHOICES)} (known: {', '.join(CHOICES)})")
 
 
@@ -63,25 +61,35 @@ def option_fields() -> dict[str, list]:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    """The methods' options, each defaulting to None ("the method's own default")."""
-    g = p.add_argument_group("method options (default: the chosen method's own, listed per method)")
-    for name, owners in option_fields().items():
-        shown = "; ".join(f"{m}: {','.join(map(str, d)) if isinstance(d, (list, tuple)) else d}"
-                          for m, d in ((m, _default(f)) for m, f in owners))
-        first = owners[0][1]
-        # "%(default).0s" renders as "" and keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
-        g.add_argument(f"--{name}", type=_parser(_default(first)), default=None, choices=first.metadata.get("choices"),
-                       help=f"{first.metadata.get('help', '')} [{shown}]".strip() + "%(default).0s")
+    """The methods' options, one argument group per method, each defaulting to None ("the method's own
+    default"). An option several methods share is listed in the first one's group, with every method's
+    default; the later groups name it."""
+    listed: set[str] = set()
+    for name, mod in METHODS.items():
+        own = [f for f in fields(mod.Config)]
+        shared = [f.name for f in own if f.name in listed]
+        g = p.add_argument_group(f"--method {name}" + "".join(f" ({k})" for k, v in PRESETS.items()
+                                                             if v["method"] == name),
+                                 f"also: {', '.join('--' + n for n in shared)} (above)" if shared else None)
+        for f in own:
+            if f.name in listed:
+                continue
+            listed.add(f.name)
+            owners = option_fields()[f.name]
+            shown = "; ".join(f"{m}: {','.join(map(str, d)) if isinstance(d, (list, tuple)) else d}"
+                              for m, d in ((m, _default(o)) for m, o in owners))
+            g.add_argument(f"--{f.name}", type=_parser(_default(f)), default=None, choices=f.metadata.get("choices"),
+                           help=f"{f.metadata.get('help', '')} [default {shown}]".strip())
 
 
 def configure(name: str, args: argparse.Namespace, arch: dict) -> tuple[ModuleType, Any, list[str]]:
     """The method module of --method `name`, its Config for this run, and every problem found."""
-    mod, preset, _ = resolve(name)
+    mod, preset = resolve(name)
     own = {f.name for f in fields(mod.Config)}
     given = {n: getattr(args, n) for n in option_fields() if getattr(args, n, None) is not None}
     problems = [f"--{n} is not an option of --method {name} ({mod.NAME}; its options: "
                 f"{', '.join('--' + o for o in sorted(own))})" for n in given if n not in own]
-    values = {k: v for k, v in arch.items() if k in own} if mod.NAME == "lipschitz" else {}
+    values = {k: v for k, v in arch.items() if k in getattr(mod, "ARCH_KEYS", ())}
     values.update(preset)
     values.update({k: v for k, v in given.items() if k in own})
     cfg = replace(mod.Config(), **values)

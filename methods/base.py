@@ -1,4 +1,4 @@
-"""What every unlearning method gets and returns, and the pieces several methods share.
+"""What every unlearning method gets and returns, and the training plumbing they share.
 
 A method is a module of this package with
 
@@ -8,8 +8,9 @@ A method is a module of this package with
     Config                          # a dataclass: every default of the method; each field is a train.py option
     unlearn(task: ForgetTask, cfg: Config) -> MethodResult
 and optionally
+    ARCH_KEYS: tuple[str, ...]      # Config fields the backbone's configs/archs/<tag>.yaml sets (e.g. "frozen")
     side_sets(cfg) -> list[str]     # other synthetic sets it reads: "heldout", "retain" (datagen.py --method confident)
-    check(cfg) -> list[str]         # problems with the options, one line each
+    check(cfg) -> list[str]         # problems with the options, one line each (methods.base has the usual checks)
 
 A method may change `task.model` while it runs but hands it back exactly as it found it: the result
 holds the unlearned model's changed tensors (state_dict names), which train.py applies to evaluate,
@@ -20,14 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import UserError
-
+from models import batchnorm_parameters
 
 
 @dataclass
@@ -45,7 +44,6 @@ class ForgetTask:
     generator: torch.Generator  # every random draw on the model's device (seeded with `seed`)
     seed: int = 0  # the class's seed, for draws a method makes on the CPU
     train_view: Callable[[], torch.Tensor] | None = None  # real images: a fresh augmented view per call
-    arch: dict = field(default_factory=dict)  # configs/archs/<tag>.yaml: frozen patterns, top-k schedule
     heldout: torch.Tensor | None = None  # held-out synthetic forget images (another noise seed)
     retain: torch.Tensor | None = None  # synthetic images of the dataset's other classes
     retain_labels: torch.Tensor | None = None  # their class indices
@@ -85,9 +83,14 @@ class ForgetTask:
     def tokens(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(self.device)
 
+    @property
+    def all_templates(self) -> list:
+        """Every template of the dataset, the zero-shot one first."""
+        return [self.template, *[t for t in self.templates if t != self.template]]
+
     def class_prompts(self, classname: str) -> list[str]:
         """`classname` in every template of its dataset (DatasetSplits.templates; the zero-shot one first)."""
-        return list(dict.fromkeys(fill(t, classname) for t in [self.template, *self.templates]))
+        return list(dict.fromkeys(fill(t, classname) for t in self.all_templates))
 
 
 def fill(template, name: str) -> str:
@@ -112,10 +115,29 @@ class NonFiniteLoss(Exception):
 
 
 # ----------------------------------------------------------------------------- options
+def option(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A Config field: its default (lists and tuples copied for every Config), the help text train.py's
+    --help shows for it and, optionally, the values it may take."""
+    meta = {"help": help, **({"choices": choices} if choices else {})}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 def too_small(cfg, **minimum: float) -> list[str]:
     """One line per option of `cfg` below its minimum, e.g. too_small(cfg, rank=1)."""
     return [f"--{name} must be at least {low}, got {getattr(cfg, name)}"
             for name, low in minimum.items() if getattr(cfg, name) < low]
+
+
+def not_positive(cfg, *names: str) -> list[str]:
+    """One line per option of `cfg` that is not > 0 (a learning rate, a scale)."""
+    return [f"--{n} must be positive, got {getattr(cfg, n)}" for n in names if not getattr(cfg, n) > 0]
+
+
+def not_a_fraction(cfg, *names: str) -> list[str]:
+    """One line per option of `cfg` outside [0, 1) (a stop level of an accuracy or a share)."""
+    return [f"--{n} must be in [0, 1), got {getattr(cfg, n)}" for n in names if not 0 <= getattr(cfg, n) < 1]
 
 
 # ----------------------------------------------------------------------------- trainable tensors
@@ -127,11 +149,10 @@ def freeze(model: torch.nn.Module, frozen: list[str]) -> tuple[list, list]:
     final LayerNorm, text projection, logit scale) get requires_grad False.
     """
     patterns = [re.compile(p) for p in frozen]
-    bn_params = set()
+    bn_params = batchnorm_parameters(model)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
-            bn_params |= {id(p) for p in m.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     towers = []
@@ -188,48 +209,33 @@ class Snapshot:
         self.saved = {}
 
 
-# ----------------------------------------------------------------------------- zero-shot pieces
-def text_weights(model: torch.nn.Module, prompt_tokens: torch.Tensor) -> torch.Tensor:
-    """(D, K) zero-shot weights of the prompts, differentiable through the text tower."""
-    return F.normalize(model.encode_text(prompt_tokens), dim=-1).T
+def optimise(task: ForgetTask, opt: torch.optim.Optimizer, params: list[torch.Tensor], max_steps: int,
+             step: Callable[[], tuple[torch.Tensor, dict] | None], watch: Callable[[], float] | None = None,
+             stop_at: float = 0.0, snapshot: Snapshot | None = None, summary: dict | None = None
+             ) -> tuple[int, list[dict], float | None, float | None]:
+    """The optimiser loop of the gradient methods: until `watch()` (measured before the first step and
+    after each) is at most `stop_at`, `step` has nothing left to do, or max_steps.
 
-
-
-@torch.no_grad()
-def text_embeddings(model: torch.nn.Module, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """(N, D) L2-normalised text embeddings of many prompts, without gradient, in chunks."""
-    return torch.cat([F.normalize(model.encode_text(t), dim=-1) for t in tokens.split(chunk)])
-
-
-# ----------------------------------------------------------------------------- prompts to keep
-def unrelated_words(tokenizer, n: int, exclude: set[str] = frozenset()) -> list[str]:
-    """`n` names made of whole words of the tokenizer's BPE vocabulary: one, two or three words in turn
-    (class names are often several words: a prompt's features depend on its length), drawn evenly over
-    the vocabulary's merge order (frequent and rare words alike) and shuffled with a fixed seed. No
-    word is a word of open_clip's ImageNet class names or in `exclude`.
-
-    Methods keep the text embeddings of these prompts where they were. The audit measures the blast
-    radius on the ImageNet class names (audit.py): training to keep those would hide the damage from it,
-    so they are left out here on purpose."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-    vocab = getattr(tokenizer, "encoder", None)
-    if vocab is None:
-        raise UserError(f"unrelated prompts need open_clip's SimpleTokenizer (with a BPE vocabulary); "
-                        f"this model's tokenizer is {type(tokenizer).__name__}")
-    banned = name_words(list(IMAGENET_CLASSNAMES)) | {w.lower() for w in exclude}
-    words = [t[:-4] for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])
-             if t.endswith("</w>") and t[:-4].isascii() and t[:-4].isalpha() and len(t) >= 8]
-    words = [w for w in words if w not in banned]
-    words = words[::max(1, len(words) // max(2 * n, 1))][:2 * n]
-    order = torch.randperm(len(words), generator=torch.Generator().manual_seed(0)).tolist()
-    names, at = [], 0
-    for i in range(n):
-        size = i % 3 + 1
-        names.append(" ".join(words[order[(at + j) % len(words)]] for j in range(size)))
-        at += size
-    return names
-
-
-def name_words(names: list[str]) -> set[str]:
-    """The lower-case words of class names (to leave out of the unrelated prompts)."""
-    return {w for c in names for w in re.findall(r"[a-z]+", c.lower().replace("_", " "))}
+    `step()` computes the loss and calls backward itself (in as many parts as it needs), and returns
+    (loss, figures for the trace) or None when it is done. The loss must be finite (else NonFiniteLoss,
+    with `summary`). The optimiser steps through `snapshot` (which saves what it changes) when given.
+    Returns (steps, trace, the watched value before the first step, the last one)."""
+    value = before = watch() if watch else None
+    steps, trace = 0, []
+    task.count_steps(max_steps)
+    while steps < max_steps and (value is None or value > stop_at):
+        opt.zero_grad(set_to_none=True)
+        out = step()
+        if out is None:
+            break
+        loss, figures = out
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {**(summary or {}), "steps": steps})
+        snapshot.step(params) if snapshot is not None else opt.step()
+        steps += 1
+        if watch:
+            value = figures["watch"] = watch()
+        figures = {k: round(float(v), 6) for k, v in figures.items()}
+        trace.append({"step": steps, **figures})
+        task.tick(**{k: f"{v:.3g}" for k, v in figures.items()})
+    return steps, trace, before, value

@@ -1,17 +1,17 @@
 """hinge: push the forget class below the best other class on the synthetic images (this project).
 
 A direct objective instead of the paper's smoothness loss: on the forget images, the forget class's
-zero-shot logit must fall below the best other class of its dataset by `hinge_margin`. Plain Adam
-on every unlearnable tensor of the chosen `towers` (no top-k, no weight decay: decay would move
-tensors the loss does not need). Options, all measured on the demo world (README):
+zero-shot logit must fall below the best other class of its dataset by `hinge_margin`. Plain Adam on
+every unlearnable tensor of the chosen `towers` (no top-k; no weight decay, which would move tensors
+the loss does not need). Options:
 - towers: both (the paper's towers), text (the text transformer), image, or token: only the
-  token-embedding rows of the class name (tokens no other class prompt of the run uses; cannot run
-  when every token of the name is shared, as for 4 of the paper's 12 classes);
+  token-embedding rows of the class name (tokens no other class prompt of the run uses; it cannot
+  run when every token of the name is shared, as for 4 of the paper's 12 classes: audit.py --tokens);
 - retain_weight: keep the other classes (KL and embedding drift against the original model on
-  synthetic images of the other classes and their prompts; needs datagen's retain/ sets);
-- stop margin: stop once <= stop_frac of a held-out synthetic set (another noise seed) still has
+  synthetic images of the other classes and their prompts: datagen's retain/ sets);
+- stop margin: stop once at most stop_frac of a held-out synthetic set (another noise seed) still has
   the forget logit within stop_margin of the best other class (the paper's "synthetic accuracy <=
-  0.1" is reached long before real images are forgotten);
+  0.1" is met long before real images are forgotten);
 - objective lipschitz+hinge: the paper's loss at its first noise level, plus the hinge;
 - augment: re-augment the forget images every step (shift, scale, noise).
 Data: synthetic forget images (+ held-out and retain sets from `datagen.py --method confident`).
@@ -19,42 +19,47 @@ Data: synthetic forget images (+ held-out and retain sets from `datagen.py --met
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from common import UserError
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, text_weights, too_small
-from methods.lipschitz import lipschitz_loss
+from methods.base import ForgetTask, MethodResult, Snapshot, freeze, not_a_fraction, not_positive, optimise, option, \
+    too_small
+from methods.pieces import lipschitz_loss, stop_rule, text_weights, tower_patterns
 from synthetic import augment
 from zeroshot import EVAL_SCALE, forget_margin, logits
 
 NAME = "hinge"
 NEEDS_IMAGES = True
+ARCH_KEYS = ("frozen",)
 TOWERS = ("both", "text", "image", "token")
 
 
 @dataclass
 class Config:
-    objective: str = field(default="hinge", metadata={"choices": ("hinge", "lipschitz+hinge")})
-    hinge_margin: float = 100.0  # logits at the evaluation scale 100
-    retain_weight: float = 0.0  # weight of the retain term (0 = off)
-    stop: str = field(default="acc", metadata={"choices": ("acc", "margin")})
-    stop_margin: float = 100.0
-    stop_frac: float = 0.1  # --stop margin: stop once <= this fraction of the held-out set is within the margin
-    towers: str = field(default="both", metadata={"choices": TOWERS})
-    augment: int = 0  # 1: re-augment the forget images every step
-    max_steps: int = 300
-    min_train_acc_stop: float = 0.1  # --stop acc: stop once accuracy on the forget images is <= this
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    batch_size: int = 64
-    n_samples: int = 25  # lipschitz+hinge: noisy copies per image
-    chunk: int = 512
-    lipschitz_std: float = 0.1  # lipschitz+hinge: the first noise level of the paper's schedule
+    objective: str = option("hinge", "the loss: the hinge, or the paper's loss at its first noise level plus it",
+                            ("hinge", "lipschitz+hinge"))
+    hinge_margin: float = option(100.0, "logits (scale 100) the forget class must fall below the best other")
+    retain_weight: float = option(0.0, "weight of the retain term (0 = off; > 0 reads the retain sets)")
+    stop: str = option("acc", "stop rule: accuracy on the forget images, or the held-out margin rule",
+                       ("acc", "margin"))
+    stop_margin: float = option(100.0, "--stop margin: logits (scale 100) below the best other class")
+    stop_frac: float = option(0.1, "--stop margin: stop once at most this share of the held-out set is within it")
+    towers: str = option("both", "what trains: both towers, the text transformer, the image tower, or the class "
+                                 "name's own token rows", TOWERS)
+    augment: int = option(0, "1: re-augment the forget images every step")
+    max_steps: int = option(300, "optimiser steps at most")
+    min_train_acc_stop: float = option(0.1, "--stop acc: stop once accuracy on the forget images is at most this")
+    lr: float = option(2e-4, "Adam's learning rate")
+    betas: tuple[float, float] = option((0.9, 0.98), "Adam's betas")
+    eps: float = option(1e-6, "Adam's eps")
+    batch_size: int = option(64, "forget images per step")
+    n_samples: int = option(25, "lipschitz+hinge: noisy copies per image")
+    chunk: int = option(512, "lipschitz+hinge: noisy images per forward pass (memory)")
+    lipschitz_std: float = option(0.1, "lipschitz+hinge: the noise level (the paper's first)")
+    frozen: list[str] = option([], "regexes of parameter names that never change (the backbone's)")
 
 
 def side_sets(cfg: Config) -> list[str]:
@@ -66,12 +71,8 @@ def check(cfg: Config) -> list[str]:
     problems = too_small(cfg, retain_weight=0)
     if cfg.towers == "token" and cfg.objective != "hinge":
         problems.append("--towers token needs --objective hinge")
-    return problems + stop_problems(cfg) + too_small(cfg, max_steps=1)
-
-
-def stop_problems(cfg) -> list[str]:
-    """The stop options shared by hinge and neggrad."""
-    return [] if 0 <= cfg.stop_frac < 1 else [f"--stop_frac must be in [0, 1), got {cfg.stop_frac}"]
+    return problems + not_a_fraction(cfg, "stop_frac", "min_train_acc_stop") + \
+        too_small(cfg, max_steps=1, batch_size=1, n_samples=1, chunk=1) + not_positive(cfg, "lr")
 
 
 def hinge_loss(model, images: torch.Tensor, weights: torch.Tensor, idx: int, margin: float) -> torch.Tensor:
@@ -101,35 +102,6 @@ class RetainTerm:
         return kl + img + txt
 
 
-def heldout_rule(model, heldout: torch.Tensor, prompt_tokens: torch.Tensor, idx: int, stop_margin: float,
-                 text_frozen: bool) -> Callable[[], float]:
-    """The quantity --stop margin watches: the fraction of held-out synthetic images whose forget
-    logit is above the best other class's minus stop_margin (lower = more forgotten)."""
-    with torch.no_grad():
-        w_fixed = text_weights(model, prompt_tokens) if text_frozen else None
-
-    @torch.no_grad()
-    def frac() -> float:
-        w = w_fixed if w_fixed is not None else text_weights(model, prompt_tokens)
-        m = torch.cat([forget_margin(logits(model, c, w), idx) for c in heldout.split(256)])
-        return (m > -stop_margin).float().mean().item()
-    return frac
-
-
-def stop_rule(task: ForgetTask, cfg, text_frozen: bool) -> tuple[Callable[[], float], float]:
-    """(the quantity a step loop watches, the level it stops at): the forget images' accuracy and
-    min_train_acc_stop (--stop acc), or the held-out margin rule and stop_frac (--stop margin)."""
-    if cfg.stop == "margin":
-        return heldout_rule(task.model, task.heldout, task.prompt_tokens, task.class_index, cfg.stop_margin,
-                            text_frozen), cfg.stop_frac
-    return task.syn_accuracy, cfg.min_train_acc_stop
-
-
-def tower_patterns(towers: str) -> list[str]:
-    """Extra frozen patterns (methods.base.freeze) that keep the other tower fixed."""
-    return {"both": [], "text": [r"^visual\."], "image": [r"^transformer\."], "token": [r"."]}[towers]
-
-
 def own_token_rows(prompt_tokens: torch.Tensor, idx: int, also: torch.Tensor | None = None) -> list[int]:
     """Token ids in the forget class's prompt that no other class's prompt uses (its name's tokens).
     `also`: the prompts of the run's other datasets, whose tokens must not move either."""
@@ -148,7 +120,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
         retain = RetainTerm(model, task.retain, prompts, keep)
     caption = task.tokens([task.caption] * min(len(images), cfg.batch_size)) if "lipschitz" in cfg.objective else None
 
-    vis, txt = freeze(model, list(task.arch.get("frozen", [])) + tower_patterns(cfg.towers))
+    vis, txt = freeze(model, cfg.frozen + tower_patterns(cfg.towers))
     named = vis + txt
     row_mask = None
     if cfg.towers == "token":
@@ -164,36 +136,27 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     names = {p: n for n, p in named}
     params = [p for _, p in named]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
-    trace: list[dict] = []
-    value = before = watch()
-    steps, start = 0, time.time()
-    task.count_steps(cfg.max_steps)
+
+    def step() -> tuple[torch.Tensor, dict]:
+        pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
+        x = augment(images[pick], gen) if cfg.augment else images[pick]
+        w = text_weights(model, prompts)
+        hinge = hinge_loss(model, x, w, idx, cfg.hinge_margin)
+        loss = hinge
+        if caption is not None:
+            loss = loss + lipschitz_loss(model, x, caption[:len(x)], cfg.lipschitz_std, cfg.n_samples, gen, cfg.chunk)
+        kept = torch.zeros((), device=loss.device)
+        if retain is not None:
+            kept = retain(model, w)
+            loss = loss + cfg.retain_weight * kept
+        loss.backward()
+        if row_mask is not None:  # only the class's own rows (Adam leaves zero-gradient rows alone)
+            params[0].grad.masked_fill_(row_mask, 0.0)
+        return loss, {"loss": loss.detach(), "hinge": hinge.detach(), "retain": kept.detach()}
+
+    start = time.time()
     with Snapshot(opt) as original:
-        while steps < cfg.max_steps and value > stop_at:
-            pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
-            x = augment(images[pick], gen) if cfg.augment else images[pick]
-            w = text_weights(model, prompts)
-            hinge = hinge_loss(model, x, w, idx, cfg.hinge_margin)
-            loss = hinge
-            if caption is not None:
-                loss = loss + lipschitz_loss(model, x, caption[:len(x)], cfg.lipschitz_std, cfg.n_samples, gen,
-                                             cfg.chunk)
-            kept = torch.zeros((), device=loss.device)
-            if retain is not None:
-                kept = retain(model, w)
-                loss = loss + cfg.retain_weight * kept
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {"steps": steps, "acc_syn_before": before})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if row_mask is not None:  # only the class's own rows (Adam leaves zero-gradient rows alone)
-                params[0].grad.masked_fill_(row_mask, 0.0)
-            original.step(params)
-            steps += 1
-            value = watch()
-            trace.append({"step": steps, "loss": round(loss.item(), 5), "hinge": round(hinge.item(), 5),
-                          "retain": round(kept.item(), 5), "watch": value})
-            task.tick(step=steps, watch=f"{value:.3f}", hinge=f"{hinge.item():.3f}")
+        steps, trace, before, value = optimise(task, opt, params, cfg.max_steps, step, watch, stop_at, original)
         changed = original.changed(names)
     return MethodResult(changed, {"steps": steps, "acc_syn_before": before, "watch_final": value,
                                   "seconds_loop": round(time.time() - start, 1), "trace": trace})

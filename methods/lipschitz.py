@@ -9,70 +9,65 @@ rolled back and the next one uses more noise and more layers. Data: the syntheti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze
+from methods.base import ForgetTask, MethodResult, NonFiniteLoss, Snapshot, freeze, not_a_fraction, not_positive, \
+    option, too_small
+from methods.pieces import lipschitz_loss
 
 NAME = "lipschitz"
 NEEDS_IMAGES = True
+ARCH_KEYS = ("k_v", "k_t", "inc_v", "inc_t", "frozen", "lr")  # the paper's per-backbone settings
 
 
 @dataclass
 class Config:
-    """SPEC §2 defaults. k_v, k_t, the increments, the frozen patterns (and the demo's lr) come from
-    configs/archs/<arch>.yaml; every field is a train.py option of the same name."""
-    lr: float = 5e-5
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 0.2
-    batch_size: int = 64
-    accum_steps: int = 5  # optimiser step after this many batches (and at the last batch of an epoch)
-    n_samples: int = 25  # noisy copies per image in the Lipschitz loss
-    max_epochs: int = 30
-    min_train_acc_stop: float = 0.1  # stop once accuracy on the forget images is <= this
-    stds: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0])
-    k_v: int = 5  # image-tower tensors kept per step, at the first noise level
-    k_t: int = 5  # text-transformer tensors kept per step, at the first noise level
-    inc_v: list[int] = field(default_factory=lambda: [0, 2, 5, 8, 10, 15, 20])
-    inc_t: list[int] = field(default_factory=lambda: [0, 2, 5, 8, 10, 15, 20])
-    frozen: list[str] = field(default_factory=list)  # regexes on parameter names that never change
-    chunk: int = 512  # noisy images per forward pass (memory)
+    """SPEC §2 defaults. The backbone's configs/archs/<tag>.yaml sets ARCH_KEYS (k_v, k_t, the increments,
+    the frozen patterns, lr); every field is a train.py option of the same name."""
+    lr: float = option(5e-5, "Adam's learning rate (the backbone's configs/archs lr)")
+    betas: tuple[float, float] = option((0.9, 0.98), "Adam's betas")
+    eps: float = option(1e-6, "Adam's eps")
+    weight_decay: float = option(0.2, "Adam's weight decay")
+    batch_size: int = option(64, "forget images per batch")
+    accum_steps: int = option(5, "an optimiser step after this many batches (and at an epoch's last)")
+    n_samples: int = option(25, "noisy copies per image in the Lipschitz loss")
+    max_epochs: int = option(30, "epochs at most")
+    min_train_acc_stop: float = option(0.1, "stop once accuracy on the forget images is at most this")
+    stds: list[float] = option([0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0], "the noise schedule: a rollback moves one on")
+    k_v: int = option(5, "image-tower tensors kept per step at the first noise level (the backbone's)")
+    k_t: int = option(5, "text-transformer tensors kept per step at the first noise level (the backbone's)")
+    inc_v: list[int] = option([0, 2, 5, 8, 10, 15, 20], "added to k_v at each noise level (the backbone's)")
+    inc_t: list[int] = option([0, 2, 5, 8, 10, 15, 20], "added to k_t at each noise level (the backbone's)")
+    frozen: list[str] = option([], "regexes of parameter names that never change (the backbone's)")
+    chunk: int = option(512, "noisy images per forward pass (memory)")
 
 
-def lipschitz_loss(model: torch.nn.Module, x: torch.Tensor, tokens: torch.Tensor, std: float,
-                   n_samples: int, generator: torch.Generator, chunk: int = 512) -> torch.Tensor:
-    """Multimodal Lipschitz loss (SPEC §2) of images `x` and their caption tokens.
-
-    The n_samples noisy copies of the batch go through the image tower as one batched,
-    gradient-free forward (in chunks), not one forward per draw. The noise is drawn on the
-    generator's device (the images' device: drawing 25 x 64 images on the CPU would cost a copy).
-    """
-    e_t = model.encode_text(tokens)  # (B, D), unnormalised
-    e_x = model.encode_image(x)  # (B, D)
-    noise = torch.randn((n_samples, *x.shape), generator=generator, device=generator.device).to(x.device) * std
-    x0 = x.detach()
-    x_noisy = (x0.unsqueeze(0) + noise).clamp(x0.min(), x0.max())  # (S, B, C, H, W); tensor bounds: no host sync
-    with torch.no_grad():
-        e_n = torch.cat([model.encode_image(c) for c in x_noisy.flatten(0, 1).split(chunk)])
-    e_n = e_n.view(n_samples, len(x), -1)
-    dx = (x0.unsqueeze(0) - x_noisy).flatten(2).norm(dim=2)  # (S, B)
-    k = ((e_t - e_n).norm(dim=-1) + (e_x - e_n).norm(dim=-1)) / (2 * dx)
-    return k.sum() / (2 * n_samples)
+def check(cfg: Config) -> list[str]:
+    problems = too_small(cfg, n_samples=1, max_epochs=1, batch_size=1, accum_steps=1, chunk=1, k_v=0, k_t=0)
+    problems += not_positive(cfg, "lr") + not_a_fraction(cfg, "min_train_acc_stop")
+    if not cfg.stds:
+        problems.append("--stds needs at least one noise level")
+    problems += [f"--{name} has {len(getattr(cfg, name))} entries: it needs one per noise level of --stds "
+                 f"({len(cfg.stds)})" for name in ("inc_v", "inc_t") if len(getattr(cfg, name)) < len(cfg.stds)]
+    return problems
 
 
 def select_top_k(named: list, k: int) -> list:
     """Keep the gradients of the k tensors with the largest mean |grad|; drop all others.
 
     Dropped gradients are set to None, as the paper does, so Adam leaves those tensors
-    bit-identical (a zero gradient would still move them through weight decay and momentum).
+    bit-identical (a zero gradient would still move them through weight decay and momentum). Ties
+    go to the tensor first in parameter order, as the paper's stable descending sort has them
+    (torch.topk's order among equal scores is unspecified: zero-gradient tensors tie when k exceeds
+    the tensors with a gradient).
     """
     with_grad = [(n, p) for n, p in named if p.grad is not None]
     if not with_grad:
         return []
     scores = torch.stack([p.grad.abs().sum() / p.numel() for _, p in with_grad])
-    keep = set(scores.topk(min(k, len(with_grad))).indices.tolist())
+    keep = set(torch.sort(scores, descending=True, stable=True).indices[:k].tolist())
     for i, (_, p) in enumerate(with_grad):
         if i not in keep:
             p.grad = None

@@ -28,7 +28,7 @@ Sides (`side`):
   benchmark dataset, so kept exactly); soft keep, three groups of equal weight = the other
   datasets' class prompts the run evaluates (together they may outnumber the width: 517 for the paper's four),
   the other classes in the dataset's other templates, and `n_unrelated` names of 1-3 words from the
-  tokenizer's vocabulary in its templates (methods.base.unrelated_words: no word of an ImageNet
+  tokenizer's vocabulary in its templates (methods.pieces.unrelated_words: no word of an ImageNet
   class name, which the audit's blast radius uses);
 - image: forget = the synthetic forget images' features; hard keep = synthetic images of the
   dataset's other classes (`datagen.py --method confident --retain_per_class N`); no soft set;
@@ -41,15 +41,14 @@ Data: text only (side text); synthetic forget and retain images (side image/both
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from common import UserError
-from methods.base import ForgetTask, MethodResult, fill, name_words, too_small, unrelated_words
+from methods.base import ForgetTask, MethodResult, option, too_small
+from methods.pieces import features, project, projection, row_form, unrelated_prompts
 
 NAME = "projedit"
 SIDES = ("text", "image", "both")
@@ -58,14 +57,12 @@ TARGETS = ("negate", "mean")
 
 @dataclass
 class Config:
-    side: str = field(default="text", metadata={"choices": SIDES,
-                                                "help": "projedit: which projection to edit (image/both read retain sets)"})
-    target: str = field(default="mean", metadata={"choices": TARGETS,
-                                                    "help": "projedit: where the forget features are mapped"})
-    strength: float = 1.0  # projedit: fraction of the way from the current output to the target
-    null_tol: float = 1e-10  # projedit: eigenvalue (relative to the largest) under which a direction is free to edit
-    ridge: float = 0.1  # projedit: regularisation, relative to the forget features' energy
-    n_unrelated: int = 1000  # projedit: unrelated prompts kept in the least-squares sense (text side)
+    side: str = option("text", "which projection to edit (image and both read the retain sets)", SIDES)
+    target: str = option("mean", "where the forget features are mapped", TARGETS)
+    strength: float = option(1.0, "fraction of the way from the current output to the target")
+    null_tol: float = option(1e-10, "eigenvalue (relative to the largest) under which a direction is free to edit")
+    ridge: float = option(0.1, "regularisation, relative to the forget features' energy")
+    n_unrelated: int = option(1000, "text side: unrelated prompts kept in the least-squares sense")
 
 
 def needs_images(cfg: Config) -> bool:
@@ -83,65 +80,6 @@ def check(cfg: Config) -> list[str]:
     if not 0 <= cfg.null_tol < 1:
         problems.append(f"--null_tol must be in [0, 1), got {cfg.null_tol}")
     return problems + too_small(cfg, ridge=0, n_unrelated=0)
-
-
-# ----------------------------------------------------------------------------- the projection of each tower
-def projection(model: torch.nn.Module, side: str) -> tuple[str, str | None]:
-    """State-dict names of the (matrix, bias) of a tower's last projection. The matrix is stored as
-    (in, out) for bare parameters (text_projection, visual.proj) and (out, in) for nn.Linear."""
-    if side == "text":
-        if not isinstance(getattr(model, "text_projection", None), torch.nn.Parameter):
-            raise UserError("projedit --side text: this model's text projection is not a bare matrix "
-                            "(open_clip CLIP models with a custom text tower are not supported)")
-        return "text_projection", None
-    visual = model.visual
-    if isinstance(getattr(visual, "proj", None), torch.nn.Parameter):
-        return "visual.proj", None
-    if isinstance(getattr(getattr(visual, "attnpool", None), "c_proj", None), torch.nn.Linear):
-        return "visual.attnpool.c_proj.weight", "visual.attnpool.c_proj.bias"
-    raise UserError(f"projedit --side image: no known final projection in the image tower "
-                    f"({type(visual).__name__}); supported: a ViT's visual.proj, a ModifiedResNet's attnpool.c_proj")
-
-
-def _row_form(name: str, weight: torch.Tensor) -> torch.Tensor:
-    """The projection as A with y = h A (+ bias): nn.Linear weights are stored transposed."""
-    return weight.T if name.endswith(".weight") else weight
-
-
-@contextmanager
-def identity_projection(model: torch.nn.Module, side: str) -> Iterator[None]:
-    """Within the block, the tower's projection is the identity (and its bias zero), so encode_text /
-    encode_image return the features that enter it, through open_clip's own forward."""
-    params = dict(model.named_parameters())
-    name, bias = projection(model, side)
-    w = params[name]
-    width = _row_form(name, w).shape[0]
-    saved = {name: w.data} | ({bias: params[bias].data} if bias else {})
-    try:
-        w.data = torch.eye(width, device=w.device, dtype=w.dtype)
-        if bias:
-            params[bias].data = torch.zeros(width, device=w.device, dtype=w.dtype)
-        yield
-    finally:
-        for n, t in saved.items():
-            params[n].data = t
-
-
-@torch.no_grad()
-def features(model: torch.nn.Module, side: str, inputs: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """The features entering the tower's projection, of token rows or images (one pass, in chunks)."""
-    encode = model.encode_text if side == "text" else model.encode_image
-    with identity_projection(model, side):
-        return torch.cat([encode(c) for c in inputs.split(chunk)])
-
-
-@torch.no_grad()
-def project(model: torch.nn.Module, side: str, h: torch.Tensor) -> torch.Tensor:
-    """The tower's outputs for features h: the projection applied (y = h A + b), as its forward does."""
-    params = dict(model.named_parameters())
-    name, bias = projection(model, side)
-    y = h @ _row_form(name, params[name])
-    return y + params[bias] if bias else y
 
 
 # ----------------------------------------------------------------------------- the closed form
@@ -204,7 +142,7 @@ def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: to
     residual = cfg.strength * (targets(cfg.target, y_f, y_o) - y_f)
     delta = solve_edit(h_f, residual, h_k, h_s, cfg.null_tol, cfg.ridge)
     weight = dict(model.named_parameters())[name].detach()
-    a = _row_form(name, weight).double()
+    a = row_form(name, weight).double()
     new = ((a + delta).T if name.endswith(".weight") else a + delta).to(weight.dtype)
     with torch.no_grad():
         reached = F.cosine_similarity(h_f.double() @ (a + delta), y_f.double() + residual)
@@ -236,11 +174,9 @@ def _edit_sides(task: ForgetTask, cfg: Config, changed: dict, summary: dict) -> 
     if cfg.side in ("text", "both"):
         others = [i for i in range(len(task.classnames)) if i != idx]
         keep = task.tokens([task.prompts[i] for i in others])  # its dataset's classifier: kept exactly
-        templates = [task.template, *[t for t in task.templates if t != task.template]]
-        words = unrelated_words(task.tokenizer, cfg.n_unrelated, name_words(task.classnames))
         soft = [list(task.other_prompts),  # the other datasets' classifiers
                 [p for i in others for p in task.class_prompts(task.classnames[i])[1:]],  # the other templates
-                [fill(templates[i % len(templates)], w) for i, w in enumerate(words)]]  # templates in turn
+                unrelated_prompts(task, cfg.n_unrelated)]  # in the templates in turn
         forget = task.tokens(task.class_prompts(task.classname))
         c, figs = edit(model, "text", forget, keep, [task.tokens(g) for g in soft if g], cfg)
         changed.update(c)

@@ -14,7 +14,7 @@ own prompt's original embedding. Loss (logits at the evaluation scale 100, hinge
   so the moved prompt does not take another class's images;
 - keep (x `keep_weight`): |e - e_0|^2 / 2 (= 1 - cos) of every other class prompt of the dataset
   (every template), of the other datasets the run evaluates, and of a batch of `n_unrelated` unrelated prompts
-  (words of the tokenizer's vocabulary, never an ImageNet class name's word: methods.base.unrelated_words;
+  (words of the tokenizer's vocabulary, never an ImageNet class name's word: methods.pieces.unrelated_words;
   the audit measures the blast radius on those, so they must not be trained on).
 What adapts (`adapt`):
 - proj: the text projection (a bare nn.Parameter that encode_text multiplies outside any module's
@@ -26,8 +26,8 @@ What adapts (`adapt`):
 - blocks+proj: both.
 With `proj` alone the text features entering the projection are fixed, so they are computed once
 and a step costs a matrix product (TextEncoder); with `blocks` every prompt of the keep set runs
-through the text tower, forward and backward, at every step (time and memory grow with classes x
-templates: 9,600 prompts for StanfordDogs' 120 classes x 80 templates).
+through the text tower, forward and backward, at every step, in chunks of PROMPTS_PER_BATCH prompts
+(time grows with classes x templates, memory does not).
 The adapter is merged into the base weights for the result (changed tensors by the original
 state_dict names) and removed: the model is handed back with its own modules and values.
 Adam until every hinge is satisfied or `max_steps`. Nothing of the image tower changes, so a linear
@@ -38,13 +38,14 @@ Data: none besides the class names and templates.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from methods.base import ForgetTask, MethodResult, NonFiniteLoss, fill, name_words, too_small, unrelated_words
-from zeroshot import EVAL_SCALE
+from methods.base import ForgetTask, MethodResult, not_positive, optimise, option, too_small
+from methods.pieces import features, unrelated_prompts
+from zeroshot import EVAL_SCALE, PROMPTS_PER_BATCH
 
 NAME = "textspace"
 NEEDS_IMAGES = False
@@ -54,25 +55,24 @@ ADAPTER = "textspace"
 
 @dataclass
 class Config:
-    adapt: str = field(default="proj", metadata={"choices": ADAPT, "help": "textspace: what of the text side adapts"})
-    blocks: int = 1  # textspace: LoRA on the MLP of this many last text blocks (adapt blocks*)
-    rank: int = 4  # textspace: LoRA rank
-    lora_alpha: float = 8.0  # textspace: LoRA alpha (the update is scaled by alpha / rank)
-    margin: float = 30.0  # textspace: logits (scale 100) the forget prompt must fall below the best other class
-    keep_weight: float = 10.0  # textspace: weight of the keep term
-    n_unrelated: int = 1000  # textspace: unrelated prompts kept in place
-    unrelated_batch: int = 256  # textspace: unrelated prompts per step
-    max_steps: int = 300
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
+    adapt: str = option("proj", "what of the text side adapts: the text projection, LoRA on the last blocks' MLPs, "
+                                "or both", ADAPT)
+    blocks: int = option(1, "--adapt blocks*: LoRA on the MLP of this many last text blocks")
+    rank: int = option(4, "--adapt blocks*: LoRA rank")
+    lora_alpha: float = option(8.0, "--adapt blocks*: LoRA alpha (the update is scaled by alpha / rank)")
+    margin: float = option(30.0, "logits (scale 100) the forget prompt must fall below the best other class")
+    keep_weight: float = option(10.0, "weight of the keep term")
+    n_unrelated: int = option(1000, "unrelated prompts kept in place")
+    unrelated_batch: int = option(256, "unrelated prompts per step")
+    max_steps: int = option(300, "optimiser steps at most")
+    lr: float = option(1e-3, "Adam's learning rate")
+    betas: tuple[float, float] = option((0.9, 0.98), "Adam's betas")
+    eps: float = option(1e-6, "Adam's eps")
 
 
 def check(cfg: Config) -> list[str]:
-    problems = too_small(cfg, blocks=1, rank=1, max_steps=1, unrelated_batch=1, margin=0, keep_weight=0, n_unrelated=0)
-    if cfg.lora_alpha <= 0:
-        problems.append(f"--lora_alpha must be positive, got {cfg.lora_alpha}")
-    return problems
+    return too_small(cfg, blocks=1, rank=1, max_steps=1, unrelated_batch=1, margin=0, keep_weight=0, n_unrelated=0) + \
+        not_positive(cfg, "lora_alpha", "lr")
 
 
 def lora_targets(model: torch.nn.Module, blocks: int) -> list[str]:
@@ -148,13 +148,15 @@ def unit_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class TextEncoder:
     """encode_text of fixed token sets while the adapter trains. With the projection alone adapting
     (`adapt proj`, and `cache`), the features entering it never change: they are computed once
-    (open_clip's own forward with the projection set to the identity: methods.projedit) and each step
+    (open_clip's own forward with the projection set to the identity: methods.pieces.features) and each step
     is one matrix product instead of the whole text transformer, forward and backward."""
 
     def __init__(self, model: torch.nn.Module, sets: dict[str, torch.Tensor], cached: bool):
-        from methods.projedit import features
         self.model, self.tokens = model, sets
-        self.h = {k: features(model, "text", t) for k, t in sets.items()} if cached else None
+        self.h = {k: features(model, "text", t, desc=f"text features of the {k} prompts") for k, t in sets.items()} \
+            if cached else None
+        # rows per differentiable pass: a matrix product when cached, else the whole text tower (memory)
+        self.chunk = max(len(t) for t in sets.values()) if cached else PROMPTS_PER_BATCH
 
     def __call__(self, name: str, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Unit text embeddings of the set `name` (optionally some of its rows), differentiable."""
@@ -162,21 +164,21 @@ class TextEncoder:
             h = self.h[name] if rows is None else self.h[name][rows]
             return F.normalize(h @ self.model.text_projection, dim=-1)
         t = self.tokens[name] if rows is None else self.tokens[name][rows]
-        return F.normalize(self.model.encode_text(t), dim=-1)
+        if torch.is_grad_enabled():  # a differentiable pass: the caller bounds its rows (self.chunk)
+            return F.normalize(self.model.encode_text(t), dim=-1)
+        return torch.cat([F.normalize(self.model.encode_text(c), dim=-1) for c in t.split(PROMPTS_PER_BATCH)])
 
 
 def unlearn(task: ForgetTask, cfg: Config, cache: bool = True) -> MethodResult:
     """Adam on the adapter until every hinge holds or max_steps. cache=False recomputes the whole text
     tower every step even for `adapt proj` (the naive baseline of bench/bench_textspace.py)."""
     model, idx, gen = task.model, task.class_index, task.generator
-    k = len(task.classnames)
-    others = [i for i in range(k) if i != idx]
-    templates = [task.template, *[t for t in task.templates if t != task.template]]
+    others = [i for i in range(len(task.classnames)) if i != idx]
     forget = task.tokens(task.class_prompts(task.classname))  # (T, L): the class in every template
     classes = task.prompt_tokens  # (K, L): the zero-shot classifier's prompts
     keep = task.tokens([p for i in others for p in task.class_prompts(task.classnames[i])] + list(task.other_prompts))
-    words = unrelated_words(task.tokenizer, cfg.n_unrelated, name_words(task.classnames))
-    unrelated = task.tokens([fill(templates[i % len(templates)], w) for i, w in enumerate(words)]) if words else None
+    words = unrelated_prompts(task, cfg.n_unrelated)
+    unrelated = task.tokens(words) if words else None
     was_training = model.training
     model.eval()
     sets = {"forget": forget, "others": classes[others], "keep": keep,
@@ -187,41 +189,44 @@ def unlearn(task: ForgetTask, cfg: Config, cache: bool = True) -> MethodResult:
         proxy_others = encode("others")  # (K-1, D)
         keep0 = encode("keep")
         unrelated0 = encode("unrelated") if unrelated is not None else None
-    steps, trace, start = 0, [], time.time()
-    forget_loss = theft = torch.ones(())
-    task.count_steps(cfg.max_steps)
+    last = {"forget": torch.ones(()), "theft": torch.ones(())}
+
+    def step() -> tuple[torch.Tensor, dict] | None:
+        f_now = encode("forget")  # (T, D)
+        w_others = encode("others")  # (K-1, D)
+        # forget: each template's prompt below the best other class on the forget proxy
+        best_other = (EVAL_SCALE * proxy_forget @ w_others.T).max(-1).values  # (1,)
+        forget_loss = F.relu(EVAL_SCALE * proxy_forget @ f_now.T - best_other + cfg.margin).mean() / EVAL_SCALE
+        # no theft: below each other class's own logit on that class's proxy
+        own = EVAL_SCALE * (proxy_others * w_others).sum(-1, keepdim=True)  # (K-1, 1)
+        theft = F.relu(EVAL_SCALE * proxy_others @ f_now.T - own + cfg.margin).mean() / EVAL_SCALE
+        last.update(forget=forget_loss.detach(), theft=theft.detach())
+        if (forget_loss + theft).item() == 0:  # every hinge satisfied
+            return None
+        kept = torch.zeros((), device=keep0.device)
+        if unrelated is not None:
+            pick = torch.randperm(len(unrelated), generator=gen, device=gen.device)[:cfg.unrelated_batch]
+            pick = pick.to(unrelated.device)
+            kept = unit_sq_dist(encode("unrelated", pick), unrelated0[pick]).mean()
+        (forget_loss + theft + cfg.keep_weight * kept).backward()
+        kept = kept.detach()
+        # the keep set through the text tower in bounded chunks, each backward on its own (the gradients
+        # add up to the whole set's): StanfordDogs' is 9,600 prompts
+        for rows in torch.arange(len(keep0), device=keep0.device).split(encode.chunk):
+            part = unit_sq_dist(encode("keep", rows), keep0[rows]).sum() / len(keep0)
+            (cfg.keep_weight * part).backward()
+            kept = kept + part.detach()
+        return forget_loss + theft + cfg.keep_weight * kept, {"forget": last["forget"], "theft": last["theft"],
+                                                             "keep": kept}
+
+    start = time.time()
     try:
         with Adapted(task, cfg) as adapted:
             opt = torch.optim.Adam(adapted.params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
-            while steps < cfg.max_steps:
-                f_now = encode("forget")  # (T, D)
-                w_others = encode("others")  # (K-1, D)
-                # forget: each template's prompt below the best other class on the forget proxy
-                best_other = (EVAL_SCALE * proxy_forget @ w_others.T).max(-1).values  # (1,)
-                forget_loss = F.relu(EVAL_SCALE * proxy_forget @ f_now.T - best_other + cfg.margin).mean() / EVAL_SCALE
-                # no theft: below each other class's own logit on that class's proxy
-                own = EVAL_SCALE * (proxy_others * w_others).sum(-1, keepdim=True)  # (K-1, 1)
-                theft = F.relu(EVAL_SCALE * proxy_others @ f_now.T - own + cfg.margin).mean() / EVAL_SCALE
-                if (forget_loss + theft).item() == 0:  # every hinge satisfied
-                    break
-                kept = unit_sq_dist(encode("keep"), keep0).mean()
-                if unrelated is not None:
-                    pick = torch.randperm(len(unrelated), generator=gen, device=gen.device)[:cfg.unrelated_batch]
-                    pick = pick.to(unrelated.device)
-                    kept = kept + unit_sq_dist(encode("unrelated", pick), unrelated0[pick]).mean()
-                loss = forget_loss + theft + cfg.keep_weight * kept
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"loss became {loss.item()} at step {steps}", {"steps": steps})
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                trace.append({"step": steps, "forget": round(forget_loss.item(), 5), "theft": round(theft.item(), 5),
-                              "keep": round(kept.item(), 6)})
-                task.tick(step=steps, forget=f"{forget_loss.item():.3f}", keep=f"{kept.item():.2e}")
+            steps, trace, _, _ = optimise(task, opt, adapted.params, cfg.max_steps, step)
             changed = adapted.changed()
     finally:
         model.train(was_training)
-    return MethodResult(changed, {"steps": steps, "forget_final": round(forget_loss.item(), 5),
-                                  "theft_final": round(theft.item(), 5), "seconds_loop": round(time.time() - start, 1),
-                                  "trace": trace})
+    return MethodResult(changed, {"steps": steps, "forget_final": round(last["forget"].item(), 5),
+                                  "theft_final": round(last["theft"].item(), 5),
+                                  "seconds_loop": round(time.time() - start, 1), "trace": trace})

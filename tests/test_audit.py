@@ -9,7 +9,11 @@ import pytest
 import torch
 
 import audit
-from audit import AuditConfig, Auditor, applied, class_accuracy, relearn
+from audit import Auditor
+from models import applied
+from probes import AuditConfig, Subject, class_accuracy, prompt_shift, relearn
+import tokens
+from common import REPO
 from common import run_cli
 from datasets import build_dataset
 from demo_world import demo_config
@@ -113,8 +117,8 @@ def test_blast_radius_moves_exactly_the_prompts_with_an_edited_token(token_edit)
     assert not own_prompts & set(auditor.prompts)
     hit = torch.isin(auditor.lm.tokenizer(list(auditor.prompts)), torch.tensor(token_edit["own"])).any(1)
     with applied(auditor.lm.model, token_edit["changed"]):
-        edited = audit.Subject("edited", auditor.lm, "cpu", CFG, auditor.original, same_image=True)
-        shift = audit.prompt_shift(edited, auditor.original, auditor.prompts)
+        edited = Subject("edited", auditor.lm, "cpu", CFG, auditor.original, same_image=True)
+        shift = prompt_shift(edited, auditor.original, auditor.prompts)
     assert (shift[~hit] == 0).all()  # the causal text transformer: a prompt without the token is untouched
     assert (shift[hit] > 0).all()
     assert a["blast_mean"] == pytest.approx(shift.mean().item())
@@ -145,7 +149,7 @@ def test_relearn_on_the_original_model_needs_zero_steps(demo, demo_datasets):
     ds, cls = demo_datasets[ds_name], FORGET_CLASSES[ds_name][0]
     idx = ds.classnames.index(cls)
     lm = copy.deepcopy(demo)
-    subject = audit.Subject("original", lm, "cpu", CFG)
+    subject = Subject("original", lm, "cpu", CFG)
     acc = class_accuracy(*subject.features(ds, "test"), subject.classifier(ds), idx)
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     out = relearn(lm, ds, idx, 0.5 * acc, CFG, seed=0, device="cpu")
@@ -218,7 +222,7 @@ def test_audit_user_errors(tmp_path, demo_run, capsys):
 
 def test_paper_classes_tokens_each_text_side_method_touches(capsys):
     import open_clip
-    rows = audit.paper_token_report("RN50")  # RN50's tokenizer, which ships with open_clip: no weights
+    rows = tokens.paper_token_report("RN50")  # RN50's tokenizer, which ships with open_clip: no weights
     paper = {d: cs for d, cs in FORGET_CLASSES.items() if d in ("StanfordDogs", "StanfordCars", "Caltech101",
                                                                 "OxfordFlowers")}
     assert [(r["ds"], r["name"]) for r in rows] == [(d, c) for d, cs in paper.items() for c in cs]
@@ -232,14 +236,14 @@ def test_paper_classes_tokens_each_text_side_method_touches(capsys):
     assert by_name["Scotch terrier"]["token_rows"] == ["scotch"]
     # every reported token is in the class's prompt and in no other class prompt of the four datasets
     tok = open_clip.get_tokenizer("RN50-quickgelu")
-    ref = json.loads((audit.REPO / "reference" / "zeroshot_openai_RN50.json").read_text())
+    ref = json.loads((REPO / "reference" / "zeroshot_openai_RN50.json").read_text())
     from datasets import dataset_config
     ids = {(d, c): set(tok([dataset_config(d).template.format(c)])[0].tolist()) for d, cs in ref.items() for c in cs}
     for r in rows:
         own = set(r["token_ids"])
         assert own <= ids[(r["ds"], r["name"])]
         assert not any(own & other for k, other in ids.items() if k != (r["ds"], r["name"]))
-        assert r["token_rows"] == [audit.token_text(tok, t) for t in r["token_ids"]]
+        assert r["token_rows"] == [tokens.token_text(tok, t) for t in r["token_ids"]]
     audit.main(["--tokens"])
     printed = capsys.readouterr().out
     assert "4 of 12 classes have no token of their own" in printed and "`plat` `y` `pus`" in printed
@@ -250,7 +254,7 @@ def test_token_report_on_the_demo_matches_the_token_rows(demo, demo_datasets):
     classnames = {n: ds.classnames for n, ds in demo_datasets.items()}
     templates = {n: ds.template for n, ds in demo_datasets.items()}
     forget = {n: FORGET_CLASSES[n] for n in demo_datasets}
-    for r in audit.token_report(demo.tokenizer, classnames, templates, forget):
+    for r in tokens.token_report(demo.tokenizer, classnames, templates, forget):
         expected = own_tokens(demo, demo_datasets, r["ds"], r["name"])
         assert sorted(r["token_ids"]) == expected
 

@@ -17,14 +17,21 @@ from common import UserError
 from datasets.base import load_rgb
 from forget_cls import FORGET_CLASSES
 from methods import neggrad, projedit, textspace
-from methods.base import text_embeddings, text_weights, unrelated_words
+from methods.pieces import features, text_weights, unrelated_words
 from test_methods import task_for
+from runs import RunFolder
 from zeroshot import build_classifier, logits
 
 DIGIT = FORGET_CLASSES["Digits"][0]
 # a made-up dataset whose forget class shares every token with the other classes (as `toy poodle`
 # or the Dodge Ram of StanfordCars do): no method may rely on tokens of its own
 SHARED = ["red star", "blue star", "red circle", "blue circle", "star circle"]
+
+
+@torch.no_grad()
+def text_embeddings(model, tokens):
+    """(N, D) L2-normalised text embeddings, without gradient."""
+    return torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
 
 
 @pytest.fixture()
@@ -86,7 +93,7 @@ def test_image_needs_and_side_sets_follow_the_options():
 
 def test_unrelated_prompts_never_use_an_imagenet_class_word(demo):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-    from methods.base import name_words
+    from methods.pieces import name_words
     names = unrelated_words(demo.tokenizer, 300, {"star"})
     assert len(names) == len(set(names)) == 300
     assert {len(n.split()) for n in names} == {1, 2, 3}
@@ -144,10 +151,10 @@ def test_projedit_features_are_what_enters_the_projection(model, demo):
     state = state_of(model)
     with torch.no_grad():
         y_text, y_image = model.encode_text(tokens), model.encode_image(images)
-    h = projedit.features(model, "text", tokens)
+    h = features(model, "text", tokens)
     assert torch.allclose(h @ model.text_projection, y_text, atol=1e-5)
     assert torch.allclose(projedit.project(model, "text", h), y_text, atol=1e-5)
-    h = projedit.features(model, "image", images)
+    h = features(model, "image", images)
     c = model.visual.attnpool.c_proj
     assert torch.allclose(c(h), y_image, atol=1e-5)
     assert torch.allclose(projedit.project(model, "image", h), y_image, atol=1e-5)
@@ -241,7 +248,7 @@ def test_textspace_and_projedit_run_without_images_and_save_a_loadable_delta(tmp
         assert s["status"] == "done" and s["changed_tensors"]
         assert not any(n.startswith("visual.") for n in s["changed_tensors"])
         fig = logs["Digits"][DIGIT]["final_results"]["Digits"][DIGIT]
-        before = train.read_json(out / "zeroshot_before.json")["Digits"][DIGIT]
+        before = RunFolder(out).before()["Digits"][DIGIT]
         assert fig["cls_acc_test"] < before["cls_acc_test"]
         delta = out / "models" / "Digits" / f"{DIGIT}.pt"
         saved = torch.load(delta, weights_only=True)["changed"]
@@ -259,7 +266,7 @@ def test_improved_preset_runs_on_every_paper_forget_class():
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from datasets import dataset_config
     from datasets.base import ensemble_templates
-    from audit import REPO
+    from common import REPO
     from methods.base import ForgetTask
     torch.manual_seed(0)
     model = CLIP(16, CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=32),

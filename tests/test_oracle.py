@@ -49,13 +49,14 @@ def test_oracle_rejects_bad_left_out_sets_before_training(left_out, message, dat
 
 
 def test_oracle_does_not_know_the_left_out_class_and_knows_its_neighbours(shapes, data_root):
-    """Trained (once, then cached) without red star: its red stars go to other classes, while blue
-    stars and red circles, which share its words, are still recognised."""
+    """Trained (once, then cached) without red star: most of its red stars go to other classes (a few are
+    still called 'red star': the name composes from words the oracle learnt on red circles and blue
+    stars), while blue stars and red circles are still recognised."""
     from models import load_demo_oracle, load_model
     from zeroshot import compute_baselines
     oracle = load_demo_oracle(LEFT_OUT, data_root=data_root)
     figs = compute_baselines(oracle, shapes, "cpu")
-    assert figs["red star"]["cls_acc_test"] <= 0.2, figs["red star"]  # the demo CLIP: >= 0.9
+    assert figs["red star"]["cls_acc_test"] <= 0.35, figs["red star"]  # the demo CLIP: >= 0.9
     assert figs["blue star"]["cls_acc_test"] >= 0.8 and figs["red circle"]["cls_acc_test"] >= 0.8
     assert figs["red star"]["no_cls_acc"] >= 0.85
     again = load_model("demo", pretrained=oracle.pretrained, data_root=data_root)  # the cached file is the oracle

@@ -152,9 +152,10 @@ def test_class_of_another_dataset(gen, out, data_root, capsys):
 
 def test_unknown_model(gen, out, data_root, capsys):
     refused(train.main, train_argv(gen, out, data_root, LABELS, "--backbone_arch", "RN5O"), capsys,
-            ["unknown model 'RN5O'; did you mean: RN50, RN50x4? (open_clip knows "
+            ["unknown model 'RN5O'; did you mean: RN50, RN, RN50x4? (open_clip knows "
              f"{len(__import__('open_clip').list_models())} models: see open_clip.list_models())",
-             f"{out} holds a run with other settings (backbone_arch: demo vs RN5O); use another --output_dir"],
+             f"{out} holds a run with other settings (backbone_arch: demo vs RN5O); use another --output_dir "
+             "(with train.sh: another ATTEMPT number)"],
             out, gen)
 
 
@@ -162,7 +163,8 @@ def test_unknown_model(gen, out, data_root, capsys):
 def test_n_samples_not_positive(n, gen, out, data_root, capsys):
     refused(train.main, train_argv(gen, out, data_root, LABELS, "--n_samples", n), capsys,
             [f"--n_samples must be at least 1, got {n}",
-             f"{out} holds a run with other settings (n_samples: 5 vs {n}); use another --output_dir"], out, gen)
+             f"{out} holds a run with other settings (n_samples: 5 vs {n}); use another --output_dir "
+             "(with train.sh: another ATTEMPT number)"], out, gen)
 
 
 def test_threshold_outside_0_1(gen_copy, data_root, capsys):
@@ -319,7 +321,8 @@ def test_output_folder_not_writable(gen, out, data_root, tmp_path, capsys):
 
 def test_earlier_run_with_other_settings_or_corrupt_logs(gen, out, data_root, capsys):
     refused(train.main, train_argv(gen, out, data_root, LABELS, "--max_epochs", "3"), capsys,
-            [f"{out} holds a run with other settings (max_epochs: 30 vs 3); use another --output_dir"], out, gen)
+            [f"{out} holds a run with other settings (max_epochs: 30 vs 3); use another --output_dir "
+             "(with train.sh: another ATTEMPT number)"], out, gen)
     (out / "logs.json").write_text('{"Digits": {"three"')
     refused(train.main, train_argv(gen, out, data_root), capsys,
             [f"{out / 'logs.json'} is not valid JSON (Expecting ':' delimiter, line 1); move it away to start afresh"], out, gen)
@@ -336,7 +339,7 @@ def test_zeroshot_and_results_cli(tmp_path, data_root, capsys):
              f"unknown dataset 'Foo'; did you mean: Food101? (known: {KNOWN})",
              f"output folder {blocker} cannot be created: {blocker} is a file, not a folder"], tmp_path)
     refused(clip_forget_utils.main, [str(tmp_path / "nope")], capsys,
-            [f"results folder {tmp_path / 'nope'} not found"], tmp_path)
+            [f"run folder {tmp_path / 'nope'} not found"], tmp_path)
 
 
 # ---------------------------------------------------------------- the real scripts
@@ -360,7 +363,8 @@ def test_scripts_exit_2_with_every_problem_in_one_go(gen, out, data_root, tmp_pa
         f"error: unknown dataset 'Cars'; did you mean: StanfordCars? (known: {KNOWN})",
         "error: unknown class 'thre' in Digits, Shapes; did you mean: three?",
         f"error: {out} holds a run with other settings (n_samples: 5 vs 0, min_train_acc_stop: 0.1 vs 1.5); "
-        "use another --output_dir"]
+        "use another --output_dir "
+             "(with train.sh: another ATTEMPT number)"]
     code, err = results["datagen"]
     assert code == 2 and "Traceback" not in err, err
     lines = err.splitlines()
@@ -600,3 +604,205 @@ def test_every_draw_from_a_device_generator_names_its_device():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.Generator" and node.keywords:
                 assert path.name == "train.py", f"{path.name}:{node.lineno}: a device generator outside train.py"
+
+
+# ---------------------------------------------------------------- the paper's benchmark as a new user meets it (issue 23)
+def _run_script(*argv: str, env: dict | None = None, timeout: int = 120) -> tuple[int, str]:
+    p = subprocess.run([sys.executable, *argv], cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True,
+                       timeout=timeout)
+    return p.returncode, p.stderr
+
+
+def test_weights_that_cannot_be_downloaded_are_one_line_with_what_to_do(tmp_path):
+    """An offline node: no cached weights, the hub refuses at once (HF_HUB_OFFLINE=1)."""
+    code, err = _run_script("zeroshot.py", "--backbone_arch", "RN50", "--run_ds", "Digits",
+                            env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: cannot download the 'openai' weights of RN50-quickgelu (no network here?)")
+    for advice in (str(tmp_path / "hf" / "hub"), "--pretrained path/to/weights.pt", "HF_HUB_OFFLINE=1",
+                   "open_clip.create_model('RN50-quickgelu', pretrained='openai')"):
+        assert advice in err
+
+
+def test_ctrl_c_while_a_script_starts_is_one_line():
+    proc = subprocess.Popen([sys.executable, "train.py", "--help"], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # inside the imports (torch, open_clip)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_pretrained_values_that_mislead_no_more(demo_run, tmp_path, monkeypatch, capsys):
+    readme = "README.md"  # a file that exists, no checkpoint suffix, no '/': a file, not a tag
+    monkeypatch.chdir(REPO)
+    for value in (readme, f"./{readme}"):
+        refused(zeroshot.main, ["--pretrained", value, "--run_ds", "Digits", "--device", "cpu"], capsys,
+                [f"cannot load checkpoint {value}: not a PyTorch file (torch.save writes a zip archive)"], tmp_path)
+    delta = demo_run[0] / "models" / "Digits" / "three.pt"  # train.py's model file of a demo run
+    refused(zeroshot.main, ["--backbone_arch", "RN50", "--pretrained", str(delta), "--run_ds", "Digits",
+                            "--device", "cpu"], capsys,
+            [f"{delta} was saved for demo, not RN50: pass --backbone_arch demo"], tmp_path)
+    other = dict(load_model("demo", "none").model.state_dict())  # a checkpoint of another architecture
+    other.pop("logit_scale")
+    other["visual.extra.weight"] = torch.zeros(2)
+    other["text_projection"] = torch.zeros(3, 3)
+    path = tmp_path / "other.pt"
+    torch.save(other, path)
+    code, lines, err = cli(zeroshot.main, ["--pretrained", str(path), "--run_ds", "Digits", "--device", "cpu"], capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert re.fullmatch(rf"error: checkpoint {re.escape(str(path))} does not fit this model: \d+ missing key\(s\), "
+                        r"e\.g\. \S+; \d+ unexpected key\(s\), e\.g\. \S+; \d+ tensor\(s\) of another shape, "
+                        r"e\.g\. \S+: .+", lines[0]), lines[0]
+    assert "weights_only" not in err
+
+
+def test_a_synthetic_set_of_another_class_or_seed(gen_copy, out, data_root, tmp_path, capsys):
+    """A file of another dataset's class with the same index is refused; another noise seed is said."""
+    three, star = synthetic_path(gen_copy, "Digits", "three"), synthetic_path(gen_copy, "Shapes", "red star")
+    data = read_synthetic(star)
+    data["meta"]["class_index"] = read_synthetic(three)["meta"]["class_index"]
+    torch.save(data, three)
+    refused(train.main, train_argv(gen_copy, out, data_root), capsys,
+            [f"{three} holds images of Shapes/red star, not Digits/three; rerun datagen.py for this class"],
+            out, gen_copy)
+    other = tmp_path / "seed1"
+    datagen.main(["--out_dir", str(other), "--forget_labels", "three", "--n_generated", "4", "--data_root", data_root,
+                  "--device", "cpu", "--noise_seed", "7"])
+    capsys.readouterr()
+    logs = train.main(train_argv(other, tmp_path / "fresh", data_root, "three", "--max_epochs", "1"))
+    assert f"note: {synthetic_path(other, 'Digits', 'three')} was made from noise seed 7; this run's --seed is 0" \
+        in capsys.readouterr().out
+    used = logs["Digits"]["three"]["summary"]["synthetic"]
+    path = synthetic_path(other, "Digits", "three")
+    assert used == {"path": str(path), "sha1": hashlib.sha1(path.read_bytes()).hexdigest()[:16], "noise_seed": 7}
+
+
+def test_datagen_that_accepts_nothing_is_an_error_and_writes_nothing(data_root, tmp_path, capsys):
+    argv = ["--out_dir", str(tmp_path / "gen"), "--data_root", data_root, "--device", "cpu", "--forget_labels",
+            "three", "--n_generated", "2", "--sub_prob", "0", "--max_steps", "1", "--max_failed", "3"]
+    code, lines, err = cli(datagen.main, [*argv, "--high_prob", "0.9999999"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: Digits/three: no image accepted (3 attempts of up to 1 steps failed): ")
+    assert not (tmp_path / "gen" / "Digits" / "three.pt").exists()
+    # random weights give every image one class: the message names it, and the way to a structural check
+    code, lines, err = cli(datagen.main, [*argv, "--pretrained", "none"], capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(r"the model's top-1 on its last images was '\w+' \(\d of \d\) \(random weights give one class "
+                     r"to every image: for a structural check forget that class, or train on real images with "
+                     r"train\.py --generated_data 0\)$", lines[0]), lines[0]
+
+
+def test_datagen_checks_an_existing_file_as_train_does(gen_copy, data_root, capsys):
+    p = synthetic_path(gen_copy, "Shapes", "red star")
+    data = read_synthetic(p)
+    data["images"][0, 0, 0, 0] = float("nan")
+    torch.save(data, p)
+    refused(datagen.main, ["--out_dir", str(gen_copy), "--forget_labels", LABELS, "--data_root", data_root],
+            capsys, [f"{p} exists and holds non-finite or non-float pixel values: use another --out_dir, "
+                     "or --overwrite to replace it"], gen_copy)
+
+
+def test_a_broken_zeroshot_before_is_refused_before_anything_is_written(gen, out, data_root, capsys):
+    (out / "zeroshot_before.json").write_text("{")
+    refused(train.main, train_argv(gen, out, data_root), capsys,
+            [f"{out / 'zeroshot_before.json'} is not valid JSON (Expecting property name enclosed in double quotes, "
+             "line 1); move it away to start afresh"], out, gen)
+
+
+def test_files_where_folders_belong(demo_run, tmp_path, capsys):
+    import audit
+    import sweep
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    refused(audit.main, [str(a_file)], capsys, [f"{a_file} is a file, not a run folder"], tmp_path)
+    refused(zeroshot.main, ["--data_root", str(a_file), "--run_ds", "Digits"], capsys,
+            [f"data root {a_file} is a file, not a folder; see DATASETS.md"], tmp_path)
+    tiny = REPO / "configs" / "sweeps" / "demo.yaml"
+    refused(sweep.main, [str(tiny), "--results", str(a_file)], capsys,
+            [f"output folder {a_file} cannot be created: {a_file} is a file, not a folder"], tmp_path)
+    refused(sweep.main, [str(tiny), "--results", str(a_file / "below")], capsys,
+            [f"output folder {a_file / 'below'} cannot be created: {a_file} is a file, not a folder"], tmp_path)
+
+
+def test_the_papers_spellings(gen, out, data_root, tmp_path, capsys):
+    """sh train.sh ... ViT (and datagen.sh's RN / ViT) name the paper's two backbones; its dataset
+    registry names work where the project reads the dataset, and the others say why they are not read."""
+    from datasets import dataset_config
+    from models import arch_settings, arch_tag, resolve_arch
+    assert (resolve_arch("ViT"), resolve_arch("RN")) == ("ViT-B-16-quickgelu", "RN50-quickgelu")
+    assert arch_tag("ViT") == "ViT-B-16" and arch_settings("ViT")["k_v"] == 25
+    assert dataset_config("DescribableTextures").name == dataset_config("describabletextures").name == "DTD"
+    p = subprocess.run(["sh", "train.sh", "1", "1", "0", "1", "25", "0.1", "Digits", "ViT", "--forget_labels",
+                        "thre", "--data_root", data_root, "--device", "cpu", "--output_dir", str(tmp_path / "r")],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.splitlines() == ["error: unknown class 'thre' in Digits; did you mean: "
+                                                            "three?"], p.stderr  # the model name was taken
+    refused(zeroshot.main, ["--run_ds", "DogsImnet,PLANTDOC", "--data_root", data_root], capsys,
+            ["DogsImnet is a dataset of the paper's repository that this project does not read: the authors' split "
+             "file, which says which images and class names it has, is not public; see DATASETS.md (not supported)",
+             "PLANTDOC is a dataset of the paper's repository that this project does not read: its public split "
+             "file names images that the public PlantDoc release does not have; see DATASETS.md (not supported)"],
+            tmp_path)
+
+
+def test_help_texts(capsys):
+    def options_text(parse) -> str:
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        return " ".join(capsys.readouterr().out.split()).split(" options: ", 1)[1]  # unwrapped, past the usage
+
+    def entry(text: str, option: str) -> str:  # the option's help, up to the next option with a metavar
+        return re.split(r" (?=--\w+ (?:[A-Z][A-Z_0-9]*|\{[^}]*\}) )", text.split(f"{option} ", 1)[1], maxsplit=1)[0]
+
+    for parse in (train.parse_args, datagen.parse_args):
+        text = options_text(parse)
+        assert "(default: None)" not in text
+        for option in re.findall(r"(--\w+) [A-Z_]+ ", text):
+            assert entry(text, option).count("(default:") <= 1, (option, entry(text, option))
+    text = options_text(datagen.parse_args)
+    for option, default in (("--n_generated", "64"), ("--high_prob", "0.8"), ("--sub_prob", "0.025"),
+                            ("--max_steps", "3000"), ("--lr", "25.0")):
+        e = entry(text, option)
+        assert f"(default: {default})" in e and len(e.split()) > 6, e  # a help text, then the default
+
+
+def test_yaml_errors_say_where_and_dry_run_says_what_it_skips(tmp_path, capsys):
+    import sweep
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbackbones: [demo\ndatasets: [Digits]\n")
+    refused(sweep.main, [str(bad), "--results", str(tmp_path)], capsys,
+            [f"{bad} is not valid YAML, line 3, column 9: expected ',' or ']', but got ':'"], tmp_path)
+    capsys.readouterr()
+    sweep.main([str(REPO / "configs" / "sweeps" / "demo.yaml"), "--dry_run", "--results", str(tmp_path)])
+    assert "(--dry_run: the datasets and forget classes were not read" in capsys.readouterr().out
+
+
+def test_every_shipped_sweep_file_passes_its_precheck():
+    """Each job's own option checks (train.option_problems, datagen.option_problems) for every backbone:
+    a shipped paper.yaml once failed all 72 of its improved jobs at their start."""
+    import sweep
+    files = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        s = sweep.load_sweep(f, check_data=False)
+        assert s.methods and s.backbones, f
+
+
+def test_the_sweep_precheck_runs_each_jobs_own_validation(tmp_path, capsys):
+    import sweep
+    import yaml
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "backbones": ["demo", "RN50"], "datasets": ["Digits"], "classes": {"Digits": ["three"]},
+        "options": {"train": {"n_samples": 25}},  # an option of the paper's method only
+        "datagen": {"base": {"n_generated": 0}},
+        "methods": {"paper": {"datagen": "base", "train": {"method": "lipschitz", "max_epochs": -1}},
+                    "improved": {"datagen": None, "train": {"method": "improved"}}}}))
+    code, lines, err = cli(sweep.main, [str(path), "--dry_run", "--results", str(tmp_path)], capsys)
+    assert code == 2, err
+    assert lines == [f"error: {path}: datagen setting 'base': --n_generated must be at least 1, got 0",
+                     f"error: {path}: method 'improved': --n_samples is not an option of --method improved "
+                     "(textspace; its options: --adapt, --betas, --blocks, --eps, --keep_weight, --lora_alpha, --lr, "
+                     "--margin, --max_steps, --n_unrelated, --rank, --unrelated_batch)",
+                     f"error: {path}: method 'paper': --max_epochs must be at least 1, got -1"]

@@ -26,12 +26,22 @@ def empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_FORGET_CACHE", str(tmp_path / "cache"))
 
 
+def set_settings(folder: Path, **settings) -> None:
+    """Change a run folder's settings where train.py keeps them (logs.json's, and the copy in args.txt)."""
+    logs = json.loads((folder / "logs.json").read_text())
+    logs["settings"] = {**logs.get("settings", {}), **settings}
+    (folder / "logs.json").write_text(json.dumps(logs, indent=1))
+    (folder / "args.txt").write_text(json.dumps(logs["settings"], indent=1))
+
+
 def reference(tag: str = "RN50") -> dict:
     return json.loads((SHARED / f"zeroshot_openai_{tag}.json").read_text())
 
 
 def write_run(folder: Path, logs: dict, args: dict | None = None, before: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    if args is not None:  # as train.py writes them: the settings in logs.json, a copy in args.txt
+        logs = {**logs, "settings": args}
     (folder / "logs.json").write_text(json.dumps(logs, indent=1))
     if args is not None:
         (folder / "args.txt").write_text(json.dumps(args, indent=1))
@@ -139,7 +149,7 @@ def test_cached_baselines_come_before_the_reference(paper_run, tmp_path):
     recorded = tmp_path / "cache" / "zeroshot" / "RN50-run-key" / "StanfordDogs-0123456789.json"
     recorded.parent.mkdir(parents=True)
     recorded.write_text(json.dumps({"Pekinese": {**cached["Pekinese"], "cls_acc_test": 0.66}}))
-    (paper_run / "args.txt").write_text(json.dumps({"backbone_arch": "RN50", "model_key": "RN50-run-key"}))
+    set_settings(paper_run, backbone_arch="RN50", model_key="RN50-run-key")
     assert create_results(paper_run)[0].loc[0, "cls_Noforget"] == 0.66  # the key train.py records wins
 
 
@@ -314,9 +324,8 @@ def test_cli_writes_png_and_markdown(tmp_path):
 def test_cli_puts_two_runs_side_by_side(tmp_path, capsys):
     faithful = our_run(tmp_path / "results1" / "seed_0")
     improved = our_run(tmp_path / "results1_improved" / "seed_0", three=(0.0, 0.84, 0.64), star=(0.05, 0.65, 0.82))
-    args = json.loads((improved / "args.txt").read_text())
-    (improved / "args.txt").write_text(json.dumps({**args, "method": "improved"}))
-    (faithful / "args.txt").write_text(json.dumps({**args, "method": "faithful"}))
+    set_settings(improved, method="improved")
+    set_settings(faithful, method="faithful")
     side = main([str(faithful), str(improved), "--all_res", "1"])
     assert (faithful / "results.png").is_file() and (improved / "results.md").is_file()
     assert side[["run", "name"]].values.tolist() == [["faithful", "three"], ["improved", "three"],
@@ -445,8 +454,7 @@ def two_methods(tmp_path: Path) -> tuple[Path, Path]:
         root = tmp_path / ("results1" if method == "faithful" else "results1_improved")
         for seed, (three, star) in enumerate(figs):
             folder = our_run(root / f"seed_{seed}", three=three, star=star)
-            args = json.loads((folder / "args.txt").read_text())
-            (folder / "args.txt").write_text(json.dumps({**args, "method": method, "seed": seed}))
+            set_settings(folder, method=method, seed=seed)
             write_audit(folder, {("Digits", "three"): audit_figures(three[0], 0.9 - 0.1 * seed, 2 + seed, 0.01),
                                  ("Shapes", "star"): audit_figures(star[0], 0.5, None, 0.0)})
         dirs.append(root)
@@ -521,3 +529,22 @@ def test_compare_mean_over_classes_and_a_subset_of_classes(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(main, ["compare", str(faithful), "--classes", "thre"])
     assert e.value.code == 2 and "--classes: thre not in these runs; did you mean: three?" in capsys.readouterr().err
+
+
+def test_a_run_folder_of_the_first_release_reads_to_the_same_frames(tmp_path):
+    """tests/fixtures/run_056d30e was written by the code at commit 056d30e (datagen, train.py --max_epochs 3
+    and audit.py on `three` and `red star` of that time's demo CLIP), beside that code's create_results
+    frames. Read by today's run-folder owner, the folder gives the same frames; the only columns left out
+    are those the old code filled with nothing (the oracle's, for an audit without --oracle)."""
+    import shutil
+    folder = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "run_056d30e", folder)
+    for all_res in (False, True):
+        old = pd.read_json(folder / f"create_results_all_res{int(all_res)}.json", orient="split")
+        new, _ = create_results(folder, gen_data=True, all_res=all_res, rn=False)
+        dropped = [c for c in old.columns if c not in new.columns]
+        assert all("oracle" in c for c in dropped) and old[dropped].isna().all().all(), dropped
+        assert list(new.columns) == [c for c in old.columns if c not in dropped]
+        assert len(old) == 2 and old["cls_forget"].notna().all()
+        pd.testing.assert_frame_equal(new.reset_index(drop=True), old.drop(columns=dropped).reset_index(drop=True),
+                                      check_dtype=False, rtol=1e-12)

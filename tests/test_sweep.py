@@ -77,9 +77,9 @@ def reference(tiny_file, tmp_path_factory) -> tuple[Path, str]:
 # ---------------------------------------------------------------- expansion and shards (no job runs)
 def test_expansion_makes_each_synthetic_set_once_and_shares_it(tmp_path):
     spec = {"name": "x", "backbones": ["demo", "RN50"], "datasets": ["Digits", "Shapes"], "seeds": [0, 1],
-            "options": {"train": {"n_samples": 5}},
+            "options": {"train": {"save_best_model": 1}},  # goes to every method
             "datagen": {"s1": {"high_prob": 0.7}, "s2": {"method": "confident"}, "unused": {}},
-            "methods": {"m1": {"datagen": "s1"}, "m2": {"datagen": "s1", "train": {"n_samples": 7}},
+            "methods": {"m1": {"datagen": "s1"}, "m2": {"datagen": "s1", "train": {"n_samples": 7, "save_best_model": 0}},
                         "m3": {"datagen": "s2", "train": {"method": "improved"}}, "m4": {"datagen": None}}}
     sw = sweep.load_sweep(write_sweep(tmp_path, spec))
     root = tmp_path / "results" / "x"
@@ -108,8 +108,8 @@ def test_expansion_makes_each_synthetic_set_once_and_shares_it(tmp_path):
             (j.tag, j.dataset, j.classname, j.seed, sw.methods[j.name].datagen)
         assert argv[argv.index("--generated_dir") + 1] == gen.out
         assert jobs.index(gen) < jobs.index(j)
-        assert argv.count("--n_samples") == 1
-        assert argv[argv.index("--n_samples") + 1] == ("7" if j.name == "m2" else "5")  # the method's wins
+        assert argv.count("--save_best_model") == 1
+        assert argv[argv.index("--save_best_model") + 1] == ("0" if j.name == "m2" else "1")  # the method's wins
     assert {j.tag for j in jobs} == {"demo", "RN50"}
     assert {(j.dataset, j.classname) for j in jobs} == set(classes)
 
@@ -311,17 +311,23 @@ def test_submitit_local_executor_gives_the_same_results(reference, tmp_path, mon
 
 
 def untimed(record: dict) -> dict:
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if k == "summary" else v)
-            for k, v in record.items()}
+    """A class's log without what differs between two runs of the same job: the time, and the synthetic
+    file's folder and hash (its metadata holds datagen's time; the noise seed stays)."""
+    def summary(v: dict) -> dict:
+        return {k: ({kk: vv for kk, vv in x.items() if kk not in ("path", "sha1")} if k == "synthetic" else x)
+                for k, x in v.items() if k != "seconds"}
+    return {k: (summary(v) if k == "summary" else v) for k, v in record.items()}
 
 
 def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
-    """Two jobs at once, each with its GPU; a synthetic set and an unlearning run fail (bad values the scripts
-    refuse when they start), the run that needs the failed set is not started, the others finish; status
-    names the logs."""
+    """Two jobs at once, each with its GPU; a synthetic set and an unlearning run fail at run time (the
+    pre-check passes them: no image reaches the acceptance bar; a held-out set nobody made), the run that
+    needs the failed set is not started, the others finish; status names the logs."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    spec = {**TINY, "seeds": [0], "datagen": {"base": {}, "broken": {"high_prob": 1.5}},
-            "methods": {"good": {"datagen": "base"}, "bad": {"datagen": "base", "train": {"max_epochs": 0}},
+    spec = {**TINY, "seeds": [0], "options": {**TINY["options"], "train": {"save_best_model": 1}},
+            "datagen": {"base": {}, "broken": {"high_prob": 0.9999999, "sub_prob": 0, "max_steps": 1, "max_failed": 2}},
+            "methods": {"good": {"datagen": "base", "train": {"max_epochs": 2}},
+                        "bad": {"datagen": "base", "train": {"method": "hinge", "stop": "margin", "max_steps": 2}},
                         "orphan": {"datagen": "broken"}}}
     path = write_sweep(tmp_path, spec)
     results = tmp_path / "results"
@@ -336,8 +342,9 @@ def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     assert sorted(j.id.split("/")[2] for j in by["done"]) == ["base", "good"]
     assert sorted(j.id.split("/")[2] for j in by["failed"]) == ["bad", "broken", "orphan"]
     jobs = {j.id.split("/")[2]: j for j in sweep.expand(sw, root)}
-    assert sweep._error_line(jobs["broken"].log) == "error: --high_prob must be in (0, 1), got 1.5"
-    assert sweep._error_line(jobs["bad"].log) == "error: --max_epochs must be at least 1, got 0"
+    assert sweep._error_line(jobs["broken"].log).startswith(f"error: Digits/{CLASS}: no image accepted (2 attempts ")
+    assert sweep._error_line(jobs["bad"].log).startswith("error: no synthetic images for 1 file(s), e.g. ")
+    assert "heldout" in sweep._error_line(jobs["bad"].log)
     assert not jobs["orphan"].log.exists()  # never started
     for name in ("base", "broken", "good", "bad"):  # each process saw only the GPU of its slot
         assert re.search(r"^=== .* on .* \(CUDA_VISIBLE_DEVICES=[57]\): python ", jobs[name].log.read_text(), re.M)

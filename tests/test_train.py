@@ -3,6 +3,7 @@ cases as the paper's code has them, evaluation datasets, logs and resume."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 
@@ -10,12 +11,14 @@ import pytest
 import torch
 import yaml
 
+import methods
 import methods.lipschitz as lip
 import train
 from common import REPO
 from methods.base import ForgetTask, Snapshot, freeze
 from methods.lipschitz import Config as UnlearnConfig
-from methods.lipschitz import lipschitz_loss, select_top_k, unlearn
+from methods.lipschitz import select_top_k, unlearn
+from methods.pieces import lipschitz_loss
 from models import load_model
 
 
@@ -125,8 +128,7 @@ def _task(demo, model, x, acc, **kw) -> ForgetTask:
 
 @pytest.fixture(scope="module")
 def three(demo, generated, digits):
-    args = type("A", (), {"generated_data": 1, "generated_dir": str(generated[0])})
-    return train.forget_images(args, demo, digits, "three", generated[1][0]["model_key"])
+    return train.forget_images(demo, digits, "three", generated[1][0]["model_key"], str(generated[0]), 0)[0]
 
 
 def test_batchnorm_statistics_unchanged_and_model_restored_by_unlearning(demo, three):
@@ -201,7 +203,9 @@ def test_logs_follow_the_paper_schema(demo_run):
     out, logs = demo_run
     on_disk = json.loads((out / "logs.json").read_text())
     assert on_disk == json.loads(json.dumps(logs))
-    assert on_disk["settings"]["n_samples"] == 5 and json.loads((out / "args.txt").read_text())["seed"] == 0
+    settings = on_disk["settings"]
+    assert settings["method_config"]["n_samples"] == 5 and json.loads((out / "args.txt").read_text())["seed"] == 0
+    assert not {f.name for m in methods.METHODS.values() for f in dataclasses.fields(m.Config)} & set(settings)
     for ds, cls, other in (("Digits", "three", "Shapes"), ("Shapes", "red star", "Digits")):
         rec = on_disk[ds][cls]
         assert list(rec)[0] == "summary" and list(rec)[-1] == "final_results"
