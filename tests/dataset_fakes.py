@@ -222,6 +222,11 @@ FOOD = ["apple_pie", "baby_back_ribs", "baklava"] + [f"dish_{k:03d}" for k in ra
 DTD = ["banded", "blotchy", "braided"] + [f"texture_{k:02d}" for k in range(44)]
 CALTECH_RENAMED = {"airplane": "airplanes", "face": "Faces", "leopard": "Leopards", "motorbike": "Motorbikes"}
 CUB = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+# people: names that share sub-word tokens. The Pins release has 105 `pins_<Name>` folders, some names in lower
+# case (sorted after the capitalised ones, as in the paper's class order); image names as `Adriana Lima17_70.jpg`
+PINS = ["pins_Chris Evans", "pins_Chris Hemsworth", "pins_Chris Pratt", "pins_alycia dabnem carey"] + \
+    [f"pins_Person {k:03d}" for k in range(101)]
+CELEBS = ["Brad Pitt", "Tom Cruise", "Tom Hanks", "Will Smith"]  # Kaggle's "Celebrity Faces Dataset" folders
 
 
 FAKES: dict[str, Fake] = {
@@ -283,6 +288,15 @@ FAKES: dict[str, Fake] = {
     "UCF101": Fake(["Apply_Eye_Makeup", "Apply_Lipstick", "Yo_Yo"],
                    lambda label, c, s, i: f"{c}/v_{c.replace('_', '')}_g{SPLITS.index(s)}{i}_c01.jpg",
                    _ucf101, "ucfTrainTestlist/classInd.txt"),
+    # the people datasets of the paper's repository: its authors' split files, or one built from the person folders
+    "PinsFaces": Fake(["Chris Evans", "Chris Hemsworth", "Chris Pratt"],
+                      lambda label, c, s, i: f"pins_{c}/{c}{SPLITS.index(s)}_{i}.jpg",
+                      _class_folder_dataset(PINS, "Images", lambda f, i: f"{f.removeprefix('pins_')}{i}_{7 * i}.jpg",
+                                            {f: f.removeprefix("pins_") for f in PINS}, big=2), "Images"),
+    "CelebFaces": Fake(["Tom Cruise", "Tom Hanks", "Will Smith"],
+                       lambda label, c, s, i: f"{c}/{SPLITS.index(s)}{i:02d}_c04300ef.jpg",
+                       _class_folder_dataset(CELEBS, "Images", lambda f, i: f"{i + 1:03d}_fe3347c{i}.jpg", big=4),
+                       "Images"),
     # the paper's authors' own split, which cannot be built
     "CUB": Fake(CUB, lambda label, c, s, i: f"{c}/{c.split('.')[1]}_00{SPLITS.index(s)}{i}_79613{label}.jpg"),
 }

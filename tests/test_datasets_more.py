@@ -1,8 +1,8 @@
 """Readers of the datasets beyond the paper's four, on tiny fakes of their real on-disk layouts.
 
-ImageNet and its variants, CoOp's other datasets and CUB: each is read from a split file in the
-real format and, where the split can be built, from its raw files (class folders or official
-lists), in tmp_path with 8x8 JPEGs (tests/dataset_fakes.py).
+ImageNet and its variants, CoOp's other datasets, CUB and the people datasets (PinsFaces, CelebFaces):
+each is read from a split file in the real format and, where the split can be built, from its raw
+files (class folders or official lists), in tmp_path with 8x8 JPEGs (tests/dataset_fakes.py).
 """
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from datasets import build_dataset, dataset_config, known_datasets
 from dataset_fakes import BUILDABLE, FAKES, NEW, SPLITS, WNIDS, put_image, put_text, user_error, write_split_dataset
 
-TEMPLATES = {  # CoOp's zero-shot templates (trainers/zsclip.py); CUB: the paper's authors' (CLIP_fewshot_imo)
+TEMPLATES = {  # CoOp's zero-shot templates (trainers/zsclip.py); CUB: the paper's authors' (CLIP_fewshot_imo);
+    # the people datasets: none published, CLIP's plain prompt
     "ImageNet": "a photo of a {}.", "ImageNetV2": "a photo of a {}.", "ImageNetSketch": "a photo of a {}.",
     "ImageNetA": "a photo of a {}.", "ImageNetR": "a photo of a {}.",
     "OxfordPets": "a photo of a {}, a type of pet.", "Food101": "a photo of {}, a type of food.",
     "FGVCAircraft": "a photo of a {}, a type of aircraft.", "SUN397": "a photo of a {}.", "DTD": "{} texture.",
     "EuroSAT": "a centered satellite photo of {}.", "UCF101": "a photo of a person doing {}.",
-    "CUB": "a photo of a {}, a type of bird.",
+    "CUB": "a photo of a {}, a type of bird.", "PinsFaces": "a photo of {}.", "CelebFaces": "a photo of {}.",
 }
 
 
