@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# constraints.txt: CI's PyTorch release, where requirements.txt has only a floor
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
 # the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, the forgetting
