@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# constraints.txt: CI's PyTorch release, where requirements.txt has only a floor
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
 # the whole pipeline on the embedded demo world: synthetic forget sets, unlearning, the forgetting
@@ -24,8 +25,10 @@ demo: $(STAMP)
 	$(PY) clip_forget_utils.py results/results1/seed_0/ results/results1_improved/seed_0/ --all_res 1
 	$(PY) clip_forget_utils.py compare results/results1 results/results1_improved
 
+# one thread per process and passive OpenMP waits: the tests run subprocesses beside the test process,
+# and on a small machine spinning OpenMP threads of two processes slow both down several times
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_datagen.py
