@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from common import UserError
 from datasets import build_dataset, dataset_config
 from dataset_fakes import CELEBS, FAKES, SPLITS, user_error
 
@@ -99,3 +100,19 @@ def test_zeroshot_on_built_people_splits(tmp_path, demo, monkeypatch, capsys):
     chris = demo.tokenizer(["Chris"])[0][1]  # the token after start-of-text
     assert all(chris in demo.tokenizer([ds.prompt(c)])[0] for c in CHRIS)
     assert torch.cdist(w.T, w.T)[~torch.eye(3, dtype=torch.bool)].min() > 1e-4
+
+
+def test_audit_tokens_reads_the_person_datasets(tmp_path, capsys):
+    """audit.py --tokens --tokens_ds PinsFaces: every person's name, and the tokens only that name has among
+    every class of the run; the three Chris share `chris`, so only their surnames are their own."""
+    import audit
+    FAKES["PinsFaces"].write_raw(tmp_path / "pinsfaces")
+    FAKES["CelebFaces"].write_raw(tmp_path / "celeb_faces")
+    capsys.readouterr()
+    rows = audit.main(["--tokens", "--tokens_ds", "PinsFaces,CelebFaces", "--data_root", str(tmp_path)])["tokens"]
+    by = {(r["ds"], r["name"]): r["token_rows"] for r in rows}
+    assert len(rows) == 105 + len(CELEBS)
+    assert by[("PinsFaces", "Chris Pratt")] == ["pratt"] and "chris" not in by[("PinsFaces", "Chris Evans")]
+    assert "| PinsFaces | Chris Pratt |" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"unknown dataset 'PinsFace'; did you mean: PinsFaces\?"):
+        audit.main(["--tokens", "--tokens_ds", "PinsFace", "--data_root", str(tmp_path)])
