@@ -55,7 +55,7 @@ import torch
 from common import ArgumentParser, UserError, _atomic, check_all, check_device, check_writable, default_data_root, \
     default_device, file_hash, run_cli
 from datasets import DatasetSplits, build_datasets
-from models import LoadedModel, applied, check_model, load_model, read_checkpoint, towers_changed
+from models import LoadedModel, applied, check_model, load_model, towers_changed
 from probes import ORACLE, ORIGINAL, UNLEARNED, AuditConfig, Case, Figure, Subject, blast_prompts, class_accuracy, \
     figures, run_probes
 from runs import RunFolder
@@ -173,9 +173,7 @@ def audit_run(run: RunFolder, auditor: Auditor, seed: int | None = None, redo: b
         if audit.get(ds, {}).get(cls, {}).get("model_sha1") == sha:
             print(f"{ds}/{cls}: already in {run.audit_file(split)}, skipped")
             continue
-        saved = read_checkpoint(str(model_file))
-        if not isinstance(saved, dict) or "changed" not in saved:
-            raise UserError(f"{model_file} is not a train.py model file (no 'changed' tensors)")
+        saved = run.load_delta(ds, cls)
         if saved.get("model_key") not in (None, key):
             raise UserError(f"{model_file} was made from model '{saved['model_key']}', not the run's '{key}'")
         entry = auditor.audit_class(ds, cls, saved["changed"], seed)

@@ -47,14 +47,42 @@ class LoadedModel:
     pretrained: str  # "openai", "none", a file path, ...
 
 
+# open_clip's names of a model in its Hugging Face layout (what train.py --export writes): a folder, or a Hub repo
+HUB_PREFIXES = ("local-dir:", "hf-hub:")
+EXPORTED = "exported"  # the --pretrained value of such a model: its weights come with its name
+
+
+def is_hub_name(arch: str) -> bool:
+    return arch.startswith(HUB_PREFIXES)
+
+
 def arch_tag(arch: str) -> str:
-    """The short architecture name used in folder names: 'ViT-B/16' -> 'ViT-B-16'."""
+    """The short architecture name used in folder names: 'ViT-B/16' -> 'ViT-B-16'; a local-dir: or hf-hub:
+    model is named by its folder or repo ('hf-hub:org/repo' -> 'org-repo')."""
     name = resolve_arch(arch)
+    if is_hub_name(name):
+        ident = name.split(":", 1)[1].rstrip("/")
+        ident = Path(ident).name if name.startswith("local-dir:") else ident.replace("/", "-")
+        return re.sub(r"[^\w.-]+", "-", ident).strip("-") or EXPORTED
     return name.removesuffix("-quickgelu")
+
+
+def hub_config(name: str) -> dict:
+    """The model config of a local-dir: or hf-hub: model (its open_clip_config.json); one line if there is none."""
+    from export import describe_missing
+    try:
+        cfg = open_clip.get_model_config(name)
+    except (OSError, ValueError) as e:
+        raise UserError(describe_missing(name, e)) from None
+    if not cfg:
+        raise UserError(f"{name}: its open_clip_config.json has no model config")
+    return cfg
 
 
 def resolve_arch(arch: str) -> str:
     """The open_clip config name for an architecture; unknown names suggest close ones."""
+    if is_hub_name(arch):
+        return arch
     if arch in ALIASES:
         return ALIASES[arch]
     known = open_clip.list_models()
@@ -64,20 +92,36 @@ def resolve_arch(arch: str) -> str:
                     f" (open_clip knows {len(known)} models: see open_clip.list_models())")
 
 
+def model_config(arch: str) -> dict | None:
+    """The open_clip model config of `arch` (a local-dir: / hf-hub: model's from its open_clip_config.json)."""
+    name = resolve_arch(arch)
+    return hub_config(name) if is_hub_name(name) else open_clip.get_model_config(name)
+
+
 def config_image_size(arch: str) -> int | None:
     """The input image size of `arch`, read from its open_clip config without building the model."""
-    size = ((open_clip.get_model_config(resolve_arch(arch)) or {}).get("vision_cfg") or {}).get("image_size")
+    size = ((model_config(arch) or {}).get("vision_cfg") or {}).get("image_size")
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
 def default_pretrained(arch: str) -> str:
-    return "demo" if resolve_arch(arch) == DEMO else "openai"
+    """The weights a model name means alone: OpenAI's, the demo's, or a local-dir: model's own file (its content
+    keys caches and synthetic sets; a hf-hub: model's are 'exported', keyed by the repo's name)."""
+    name = resolve_arch(arch)
+    if name.startswith("local-dir:"):
+        from export import weights_file
+        return str(weights_file(name))
+    return EXPORTED if is_hub_name(name) else "demo" if name == DEMO else "openai"
 
 
 def check_pretrained(arch: str, pretrained: str) -> list[str]:
     """Problems with a --pretrained value, found without building anything: a tag of the model (a
     known tag wins over a file of the same name), 'none', a checkpoint file, or for the demo 'demo'."""
     name = resolve_arch(arch)
+    if is_hub_name(name):
+        hub_config(name)  # the folder or repo holds an open_clip model
+        return [] if pretrained == default_pretrained(name) else \
+            [f"--pretrained is not used with {name}: its weights come with it"]
     if pretrained == "none" or (pretrained == "demo" and name == DEMO):
         return []
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -96,7 +140,7 @@ def check_model(arch: str, pretrained: str | None) -> tuple[str | None, list[str
     """(short tag or None, problems) for a model name and --pretrained value, building nothing."""
     try:
         tag = arch_tag(arch)
-        return tag, check_pretrained(arch, pretrained) if pretrained else []
+        return tag, check_pretrained(arch, pretrained or default_pretrained(arch))
     except UserError as e:
         return None, [str(e)]
 
@@ -110,8 +154,9 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
     problems = check_pretrained(arch, pretrained)
     if problems:
         raise UserError(problems[0])
-    is_tag = pretrained in open_clip.list_pretrained_tags_by_model(name)
-    is_file = not is_tag and Path(pretrained).is_file()
+    hub = is_hub_name(name)
+    is_tag = not hub and pretrained in open_clip.list_pretrained_tags_by_model(name)
+    is_file = not (is_tag or hub) and Path(pretrained).is_file()
     delta = read_delta(pretrained, name) if is_file else None
     if delta is not None:  # train.py's delta: its base weights + the changed tensors
         lm = load_model(arch, delta["pretrained"], device, data_root)
@@ -123,8 +168,8 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained if is_tag else None)
         except (RuntimeError, OSError) as e:
-            if is_tag and "download" in str(e).lower():
-                raise UserError(download_advice(name, pretrained)) from None
+            if (is_tag or hub) and ("download" in str(e).lower() or hub):
+                raise UserError(download_advice(name, pretrained) if is_tag else f"cannot load {name}: {e}") from None
             raise
     tokenizer = open_clip.get_tokenizer(name)
     if is_file:
@@ -132,7 +177,7 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
     elif name == DEMO and pretrained == "demo":
         model.load_state_dict(_demo_weights(model, preprocess, tokenizer, data_root or default_data_root()))
     model = model.float().to(device).eval()
-    return LoadedModel(model, preprocess, tokenizer, name, name.removesuffix("-quickgelu"), pretrained)
+    return LoadedModel(model, preprocess, tokenizer, name, arch_tag(name), pretrained)
 
 
 @contextmanager
@@ -222,11 +267,13 @@ def arch_settings(arch: str) -> dict:
     """The unlearning settings of a backbone, configs/archs/<tag>.yaml (the paper's per-backbone top-k
     schedule, frozen tensors and lr); another open_clip model gets RN50's or ViT-B-16's by the type of
     its image tower (open_clip configs give a ModifiedResNet tower its layers per stage, a list)."""
-    path = ARCH_CONFIGS / f"{arch_tag(arch)}.yaml"
+    from export import base_tag
+    tag = base_tag(resolve_arch(arch)) or arch_tag(arch)  # an exported model keeps its base model's settings
+    path = ARCH_CONFIGS / f"{tag}.yaml"
     if not path.is_file():
-        layers = ((open_clip.get_model_config(resolve_arch(arch)) or {}).get("vision_cfg") or {}).get("layers")
+        layers = ((model_config(arch) or {}).get("vision_cfg") or {}).get("layers")
         path = ARCH_CONFIGS / ("RN50.yaml" if isinstance(layers, (list, tuple)) else "ViT-B-16.yaml")
-        print(f"note: no configs/archs/{arch_tag(arch)}.yaml; using {path.name}")
+        print(f"note: no configs/archs/{tag}.yaml; using {path.name}")
     return yaml.safe_load(path.read_text())
 
 

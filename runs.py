@@ -19,14 +19,14 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from common import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, update_json
+from common import UserError, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, torch_load, update_json
 from synthetic import safe_name
 
 LOGS, ARGS, BEFORE, MODELS = "logs.json", "args.txt", "zeroshot_before.json", "models"
 SETTINGS = "settings"  # the reserved key of logs.json beside the dataset names
 # settings that must agree between runs writing into one folder (the rest may differ, e.g. --forget_labels),
 # besides the method's configuration as it ran (method_config)
-SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "seed", "debug", "method", "precision")
+SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "seed", "debug", "method", "precision", "protocol")
 
 
 class RunFolder:
@@ -102,6 +102,18 @@ class RunFolder:
     def delta_file(self, dataset: str, classname: str) -> Path:
         return self.path / MODELS / dataset / f"{safe_name(classname)}.pt"
 
+    def load_delta(self, dataset: str, classname: str) -> dict:
+        """A request's saved model (CPU): {"changed": tensors, and what they were made from}; a file that is
+        not one is a user error."""
+        path = self.delta_file(dataset, classname)
+        try:
+            saved = torch_load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+        if not isinstance(saved, dict) or "changed" not in saved:
+            raise UserError(f"{path} is not a train.py model file (no 'changed' tensors)")
+        return saved
+
     def audit_file(self, split: str = "test") -> Path:
         """audit.json for the test split (what create_results reads), audit_<split>.json otherwise."""
         return self.path / ("audit.json" if split == "test" else f"audit_{split}.json")
@@ -160,7 +172,9 @@ def settings_problems(folder: Path, old: dict, new: dict, with_method: bool = Tr
     """A problem line if `old` settings of a folder disagree with `new` ones on SETTINGS_KEYS and, with_method,
     on the method's configuration as it ran (not when the model is unknown: its per-backbone settings are too)."""
     def flat(s: dict) -> dict:
-        return {**{k: s[k] for k in SETTINGS_KEYS if k in s}, **(s.get("method_config", {}) if with_method else {})}
+        protocol = {"protocol": "per_class"} if s else {}  # folders written before --protocol existed
+        return {**protocol, **{k: s[k] for k in SETTINGS_KEYS if k in s},
+                **(s.get("method_config", {}) if with_method else {})}
     old, new = flat(old), flat(new)
     diff = [k for k in new if k in old and old[k] != new[k]]
     if not diff:

@@ -33,8 +33,9 @@ from datasets import DatasetSplits, build_datasets
 from datasets.base import load_rgb
 from forget_cls import default_eval_ds, resolve_targets
 from methods.base import ForgetTask, MethodResult, NonFiniteLoss
-from models import LoadedModel, applied, arch_settings, check_model, config_image_size, load_model, resolve_arch, \
-    towers_changed
+from export import commit, export_model, weights_hash
+from models import LoadedModel, applied, arch_settings, check_model, config_image_size, load_model, model_config, \
+    resolve_arch, towers_changed
 from runs import RunFolder
 from synthetic import check_synthetic, clip_norm, file_record, model_view, noise_seed, read_synthetic, \
     synthetic_path
@@ -97,6 +98,9 @@ def image_size(lm: LoadedModel) -> int:
 
 
 # ----------------------------------------------------------------------------- evaluation
+PROTOCOLS = ("per_class", "sequential")
+
+
 class Evaluator:
     """Zero-shot figures of the current model on the evaluation datasets.
 
@@ -154,6 +158,19 @@ class Evaluator:
                                                       idx)["cls_acc_test"] if val else None
         return figs
 
+    def set_figures(self, forgotten: list[tuple[str, str]], changed: dict) -> dict:
+        """After a request of the sequential protocol: per evaluated dataset, the test accuracy of each
+        class forgotten so far, and of its classes that were not (every forgotten class left out)."""
+        towers = towers_changed(changed)
+        out = {}
+        for name, ds in self.datasets.items():
+            preds, labels = self.predict((name, "test"), ds.test, self.weights(name, towers["text"]), towers["image"])
+            gone = [ds.classnames.index(c) for d, c in forgotten if d == name]
+            kept = ~torch.isin(labels, torch.tensor(gone, dtype=labels.dtype))
+            out[name] = {"forgotten": {ds.classnames[i]: (preds[labels == i] == i).float().mean().item() for i in gone},
+                         "kept_acc": (preds[kept] == labels[kept]).float().mean().item() if kept.any() else None}
+        return out
+
     def final_results(self, main: str, classname: str, syn_images: torch.Tensor | None, changed: dict,
                       real_train: bool) -> dict:
         """The paper's final_results: the forget dataset's figures, every other dataset's accuracy."""
@@ -186,6 +203,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--heldout_dir", default=None, help="held-out synthetic sets (default: <generated_dir>/heldout)")
     p.add_argument("--retain_dir", default=None, help="retain synthetic sets (default: <generated_dir>/retain)")
     p.add_argument("--save_best_model", type=int, default=0, help="1: save the changed tensors of each best model")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="write the final unlearned model into DIR in open_clip's Hugging Face layout (plain open_clip "
+                        "loads it as local-dir:DIR), with a model card and unlearning.json; needs one final model: one "
+                        "class, or --protocol sequential")
+    p.add_argument("--protocol", default="per_class", choices=PROTOCOLS,
+                   help="per_class: every class is forgotten from the original model (the paper's benchmark); "
+                        "sequential: the classes are requests in the order of --forget_labels, each starting from "
+                        "the model the previous one left, and after each every class forgotten so far is evaluated "
+                        "(each request's model is saved: a rerun resumes from the last finished one)")
     p.add_argument("--debug", type=int, default=1,
                    help="1: also log the forget dataset's test figures at every improving noise level, as the paper's "
                         "debug mode (the final evaluation always runs)")
@@ -242,10 +268,43 @@ def validate(args: argparse.Namespace) -> tuple[dict, list, ModuleType, Any, dic
     try:  # an earlier run in this folder must have the same settings, and its files must be readable
         problems += run_folder.check_settings(run_settings(args, cfg), model_ok)
         run_folder.before()
+        if args.protocol == "sequential":
+            problems += sequence_problems(run_folder, targets)
     except UserError as e:
         problems.append(str(e))
+    if args.export:
+        problems += export_problems(args, targets)
     check_all(problems)
     return run, targets, mod, cfg, datasets
+
+
+def export_problems(args: argparse.Namespace, targets: list) -> list[str]:
+    """--export writes one model: the only class's, or the last request's of a sequential run; into a new
+    or empty folder."""
+    problems = []
+    if args.protocol == "per_class" and len(targets) > 1:
+        problems.append(f"--export writes one model, and --protocol per_class makes one per class ({len(targets)}): "
+                        "forget one class, or use --protocol sequential")
+    out = Path(args.export)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        problems.append(f"--export {out} exists and is not an empty folder: choose a new one")
+    return problems + check_writable(str(out.parent) if str(out.parent) else ".")
+
+
+def sequence_problems(run_folder: RunFolder, targets: list[tuple[str, str]]) -> list[str]:
+    """A sequential run resumes from the model of its last finished request: the finished requests must be
+    the first ones of this run's order, and that model must be there."""
+    records = run_folder.records()
+    done = sorted(run_folder.finished(), key=lambda t: records[t].get("request", {}).get("index", 0))
+    if done != targets[:len(done)]:
+        order = ", ".join(f"{d}/{c}" for d, c in targets)
+        return [f"{run_folder.path} holds sequential requests {', '.join(f'{d}/{c}' for d, c in done)}, which are not "
+                f"the first of this run's order ({order}): give --forget_labels in the order they were made, or use "
+                "another --output_dir"]
+    if done and not run_folder.delta_file(*done[-1]).is_file():
+        return [f"{run_folder.delta_file(*done[-1])} is missing: a sequential run resumes from the model of its last "
+                "finished request; use another --output_dir to start afresh"]
+    return []
 
 
 def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: list, key: str, forget: bool,
@@ -318,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sides = methods.side_sets(mod, cfg)
     evaluator = Evaluator(lm, datasets, args.device, args.workers)
     logs: dict = {}
+    # sequential: `base` holds every tensor the requests so far changed, as the last one left them (the model
+    # the next request starts from); a rerun starts from the saved model of the last finished request
+    sequential = args.protocol == "sequential"
+    forgotten = [t for t in targets if t in run_folder.finished()] if sequential else []
+    base = {n: t.to(args.device) for n, t in run_folder.load_delta(*forgotten[-1])["changed"].items()} if forgotten else {}
     for ds_name, classname in targets:
         if (ds_name, classname) in run_folder.finished():
             print(f"{ds_name}/{classname}: already in {run_folder.logs_file}, skipped")
@@ -348,26 +412,60 @@ def main(argv: Sequence[str] | None = None) -> dict:
             r, labels = side_images(args.retain_dir, lm, ds, [c for c in ds.classnames if c != classname])
             task.retain, task.retain_labels = r.to(args.device), labels.to(args.device)
         status = "done"
-        with tqdm(total=getattr(cfg, "max_epochs", 1), desc=f"{ds_name}/{classname}", unit="epoch") as bar:
+        with tqdm(total=getattr(cfg, "max_epochs", 1), desc=f"{ds_name}/{classname}", unit="epoch") as bar, \
+                applied(lm.model, base):
             task.progress = bar
             try:
                 with precision(args.precision, args.device):
                     result = mod.unlearn(task, cfg)
             except NonFiniteLoss as e:
                 result = MethodResult({}, e.summary)
-                status = f"error: {e}; this class keeps the original model"
-        with applied(lm.model, result.changed):
-            final = evaluator.final_results(ds_name, classname, x, result.changed, real_train=not args.generated_data)
-        if args.save_best_model:
-            run_folder.save_delta(ds_name, classname, result.changed, {"model_key": key, "arch": lm.name,
-                                                                      "pretrained": lm.pretrained, "method": args.method})
+                status = f"error: {e}; this class keeps the {'previous' if sequential else 'original'} model"
+        changed = {**base, **result.changed}  # against the original model ({} before: per_class)
+        request = {}
+        with applied(lm.model, changed):
+            final = evaluator.final_results(ds_name, classname, x, changed, real_train=not args.generated_data)
+            if sequential:
+                forgotten.append((ds_name, classname))
+                request = {"request": {"protocol": "sequential", "index": len(forgotten),
+                                       "after": evaluator.set_figures(forgotten, changed)}}
+        if args.save_best_model or sequential or args.export:
+            run_folder.save_delta(ds_name, classname, changed, {"model_key": key, "arch": lm.name,
+                                                                "pretrained": lm.pretrained, "method": args.method,
+                                                                "protocol": args.protocol})
+        if sequential:
+            base = changed
         secs = time.time() - start
         record = {"summary": {**result.summary, "changed_tensors": sorted(result.changed), "seconds": round(secs, 1),
                               "status": status, **({"synthetic": source} if source else {})},
-                  **result.log, "final_results": final}
+                  **result.log, **request, "final_results": final}
         logs = run_folder.add_record(ds_name, classname, record, settings)
         print(summary_line(ds_name, classname, before, final, record["summary"], secs))
+        if sequential:
+            print(set_line(request["request"]))
+    if args.export:
+        export(lm, run_folder, targets, args, settings)
     return logs or run_folder.logs()
+
+
+def export(lm: LoadedModel, run_folder: RunFolder, targets: list, args: argparse.Namespace, settings: dict) -> None:
+    """The final model (the last request's saved model) in open_clip's layout, with unlearning.json."""
+    info = {"base_model": {"arch": lm.name, "tag": lm.tag, "pretrained": lm.pretrained,
+                           "weights_sha1": weights_hash(lm.model)},
+            "forgotten": [list(t) for t in targets], "protocol": args.protocol, "method": args.method,
+            "method_config": settings["method_config"], "seed": args.seed,
+            "run_folder": str(run_folder.path), "commit": commit(), "audit": None}
+    with applied(lm.model, run_folder.load_delta(*targets[-1])["changed"]):
+        path = export_model(lm.model, model_config(lm.name), args.export, info)
+    print(f"exported the unlearned model to {path}: open_clip.create_model_and_transforms('local-dir:{path}')")
+
+
+def set_line(request: dict) -> str:
+    """After a sequential request: every class forgotten so far, and each dataset's other classes."""
+    after = request["after"]
+    gone = " ".join(f"{c} {v:.3f}" for d in after.values() for c, v in d["forgotten"].items())
+    kept = " | ".join(f"{d} kept {v['kept_acc']:.3f}" for d, v in after.items() if v["kept_acc"] is not None)
+    return f"  after request {request['index']}: forgotten {gone} | {kept}"
 
 
 def summary_line(ds: str, cls: str, before: dict, final: dict, summary: dict, secs: float) -> str:
