@@ -92,8 +92,12 @@ def model_card(info: dict) -> str:
 
 
 def weights_file(name: str) -> Path:
-    """The weights of a local-dir: model."""
-    return Path(name.split(":", 1)[1]) / HF_SAFE_WEIGHTS_NAME
+    """The weights file of a local-dir: model, or of a hf-hub: model (from the Hugging Face cache, downloaded
+    there first if need be): its content keys the model's cached figures and synthetic sets."""
+    if name.startswith("local-dir:"):
+        return Path(name.split(":", 1)[1]) / HF_SAFE_WEIGHTS_NAME
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download(name.split(":", 1)[1], HF_SAFE_WEIGHTS_NAME))
 
 
 def read_info(name: str) -> dict | None:

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from common import REPO, UserError, atomic_torch_save, atomic_write_json, cache_dir, check_all, close_names, \
-    default_data_root, torch_load, unreadable_reason
+    default_data_root, locked, torch_load, unreadable_reason
 
 # The paper's spellings -> open_clip configs with QuickGELU, which OpenAI's weights were trained with
 # (the plain configs use GELU and only warn when given OpenAI weights: SPEC §5).
@@ -49,7 +49,7 @@ class LoadedModel:
 
 # open_clip's names of a model in its Hugging Face layout (what train.py --export writes): a folder, or a Hub repo
 HUB_PREFIXES = ("local-dir:", "hf-hub:")
-EXPORTED = "exported"  # the --pretrained value of such a model: its weights come with its name
+EXPORTED = "exported"  # the tag of an exported model whose folder or repo name gives none
 
 
 def is_hub_name(arch: str) -> bool:
@@ -105,13 +105,18 @@ def config_image_size(arch: str) -> int | None:
 
 
 def default_pretrained(arch: str) -> str:
-    """The weights a model name means alone: OpenAI's, the demo's, or a local-dir: model's own file (its content
-    keys caches and synthetic sets; a hf-hub: model's are 'exported', keyed by the repo's name)."""
+    """The weights a model name means alone: OpenAI's, the demo's, or a local-dir: / hf-hub: model's own file
+    (its content keys cached figures and synthetic sets)."""
     name = resolve_arch(arch)
-    if name.startswith("local-dir:"):
+    if is_hub_name(name):
         from export import weights_file
-        return str(weights_file(name))
-    return EXPORTED if is_hub_name(name) else "demo" if name == DEMO else "openai"
+        hub_config(name)  # a name that gives no model is one line, before its weights are looked for
+        try:
+            return str(weights_file(name))
+        except (OSError, ValueError) as e:  # the hub's errors (not cached offline, no such file) are OSErrors
+            from export import describe_missing
+            raise UserError(describe_missing(name, e)) from None
+    return "demo" if name == DEMO else "openai"
 
 
 def check_pretrained(arch: str, pretrained: str) -> list[str]:
@@ -329,14 +334,15 @@ def demo_weights_path(left_out: Sequence[tuple[str, str]] = ()) -> Path:
 def _demo_weights(model, preprocess, tokenizer, data_root: str, left_out: Sequence[tuple[str, str]] = ()) -> dict:
     """The demo CLIP's (or an oracle's) weights: trained once on CPU (deterministic), then read from the cache."""
     path = demo_weights_path(left_out)
-    if not path.is_file():
-        from demo_world import train_demo_model
-        what = f"the demo CLIP without {sorted(map(tuple, left_out))}" if left_out else "the demo CLIP"
-        print(f"training {what} once (cached at {path}) ...")
-        record = train_demo_model(model, preprocess, tokenizer, data_root, left_out)
-        print(f"{what} trained in {record['seconds']} s")
-        atomic_torch_save(path, model.state_dict())
-        atomic_write_json(path.with_suffix(".json"), record)  # what the file is, for people
+    with locked(path):  # processes that start at once (sweep jobs, test workers) train it once
+        if not path.is_file():
+            from demo_world import train_demo_model
+            what = f"the demo CLIP without {sorted(map(tuple, left_out))}" if left_out else "the demo CLIP"
+            print(f"training {what} once (cached at {path}) ...")
+            record = train_demo_model(model, preprocess, tokenizer, data_root, left_out)
+            print(f"{what} trained in {record['seconds']} s")
+            atomic_torch_save(path, model.state_dict())
+            atomic_write_json(path.with_suffix(".json"), record)  # what the file is, for people
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -285,7 +285,7 @@ def oracle_agreement(c: Case) -> dict:
 
 @probe(Figure("mia", "membership inference", "AUC of a logistic regression that tells the class's train images "
               "(members) from its images of the audit's split (non-members) by their zero-shot loss, confidence "
-              "and entropy (0.5: no trace of which images were trained on)"))
+              "and entropy (0.5: no trace of which images were trained on)", plot=True))
 def membership_inference(c: Case) -> dict:
     """The population membership-inference test of vision unlearning papers (SalUn, l1-sparse: a classifier
     on per-image loss and confidence features), on the class's own images. It sees a difference between

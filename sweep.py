@@ -384,7 +384,7 @@ def outputs_exist(job: Job) -> bool:
 
 
 def is_done(job: Job) -> bool:
-    """A train job: its class is in logs.json. A datagen job: it ended well (datagen.py --method improved
+    """A train job: its class is in logs.json. A datagen job: it ended well (datagen.py --method confident
     writes several sets, the forget set first) and its synthetic file is there."""
     return outputs_exist(job) and (job.kind == "train" or read_state(job).get("status") == "done")
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from common import UserError
+from conftest import ORACLE_LEFT_OUT
 
-LEFT_OUT = [("Shapes", "red star")]  # a class whose words other classes share
+LEFT_OUT = ORACLE_LEFT_OUT  # red star: a class whose words other classes share
 
 
 def test_oracle_trains_on_the_same_batches_minus_the_left_out_images(data_root):
