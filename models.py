@@ -20,6 +20,7 @@ import yaml
 
 from common import REPO, UserError, atomic_torch_save, atomic_write_json, cache_dir, check_all, close_names, \
     default_data_root, locked, torch_load, unreadable_reason
+from export import base_tag, describe_missing, weights_file
 
 # The paper's spellings -> open_clip configs with QuickGELU, which OpenAI's weights were trained with
 # (the plain configs use GELU and only warn when given OpenAI weights: SPEC §5).
@@ -69,7 +70,6 @@ def arch_tag(arch: str) -> str:
 
 def hub_config(name: str) -> dict:
     """The model config of a local-dir: or hf-hub: model (its open_clip_config.json); one line if there is none."""
-    from export import describe_missing
     try:
         cfg = open_clip.get_model_config(name)
     except (OSError, ValueError) as e:
@@ -109,12 +109,10 @@ def default_pretrained(arch: str) -> str:
     (its content keys cached figures and synthetic sets)."""
     name = resolve_arch(arch)
     if is_hub_name(name):
-        from export import weights_file
         hub_config(name)  # a name that gives no model is one line, before its weights are looked for
         try:
             return str(weights_file(name))
         except (OSError, ValueError) as e:  # the hub's errors (not cached offline, no such file) are OSErrors
-            from export import describe_missing
             raise UserError(describe_missing(name, e)) from None
     return "demo" if name == DEMO else "openai"
 
@@ -123,8 +121,7 @@ def check_pretrained(arch: str, pretrained: str) -> list[str]:
     """Problems with a --pretrained value, found without building anything: a tag of the model (a
     known tag wins over a file of the same name), 'none', a checkpoint file, or for the demo 'demo'."""
     name = resolve_arch(arch)
-    if is_hub_name(name):
-        hub_config(name)  # the folder or repo holds an open_clip model
+    if is_hub_name(name):  # default_pretrained checks that the folder or repo holds an open_clip model
         return [] if pretrained == default_pretrained(name) else \
             [f"--pretrained is not used with {name}: its weights come with it"]
     if pretrained == "none" or (pretrained == "demo" and name == DEMO):
@@ -173,8 +170,10 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained if is_tag else None)
         except (RuntimeError, OSError) as e:
-            if (is_tag or hub) and ("download" in str(e).lower() or hub):
-                raise UserError(download_advice(name, pretrained) if is_tag else f"cannot load {name}: {e}") from None
+            if is_tag and "download" in str(e).lower():
+                raise UserError(download_advice(name, pretrained)) from None
+            if hub:
+                raise UserError(f"cannot load {name}: {e}") from None
             raise
     tokenizer = open_clip.get_tokenizer(name)
     if is_file:
@@ -272,7 +271,6 @@ def arch_settings(arch: str) -> dict:
     """The unlearning settings of a backbone, configs/archs/<tag>.yaml (the paper's per-backbone top-k
     schedule, frozen tensors and lr); another open_clip model gets RN50's or ViT-B-16's by the type of
     its image tower (open_clip configs give a ModifiedResNet tower its layers per stage, a list)."""
-    from export import base_tag
     tag = base_tag(resolve_arch(arch)) or arch_tag(arch)  # an exported model keeps its base model's settings
     path = ARCH_CONFIGS / f"{tag}.yaml"
     if not path.is_file():

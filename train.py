@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             except NonFiniteLoss as e:
                 result = MethodResult({}, e.summary)
                 status = f"error: {e}; this class keeps the {'previous' if sequential else 'original'} model"
-        changed = {**base, **result.changed}  # against the original model ({} before: per_class)
+        changed = {**base, **result.changed}  # against the original model (base is {} under per_class)
         request = {}
         with applied(lm.model, changed):
             final = evaluator.final_results(ds_name, classname, x, changed, real_train=not args.generated_data)
