@@ -76,19 +76,22 @@ class Auditor:
         self.prompts = blast_prompts(datasets, cfg.blast_template)
         self.done: dict = {}  # (dataset, class, seed) -> the references' figures
 
-    def references(self, ds_name: str, classname: str) -> list[Subject]:
+    def references(self, left_out: tuple[tuple[str, str], ...]) -> list[Subject]:
         """The models audited beside every unlearned one, each a column of the audit: the original,
-        and the oracle retrained without the class (trained on first use, then cached)."""
+        and the oracle retrained without the `left_out` classes (trained on first use, then cached)."""
         refs = [self.original]
         if self.oracle:
             from models import load_demo_oracle
-            refs.append(Subject(ORACLE, load_demo_oracle([(ds_name, classname)], self.device, self.data_root),
+            refs.append(Subject(ORACLE, load_demo_oracle(list(left_out), self.device, self.data_root),
                                 self.device, self.cfg))
         return refs
 
-    def audit_class(self, ds_name: str, classname: str, changed: dict[str, torch.Tensor], seed: int = 0) -> dict:
+    def audit_class(self, ds_name: str, classname: str, changed: dict[str, torch.Tensor], seed: int = 0,
+                    left_out: Sequence[tuple[str, str]] | None = None) -> dict:
         """Every probe (probes.PROBES) of the original (and the oracle) and of the model with `changed`
-        applied; `seed` draws the relearning images."""
+        applied; `seed` draws the relearning images. `left_out`: the classes the model forgot, when it forgot
+        a set (the oracle is retrained without all of them); default the class alone."""
+        left_out = tuple(sorted({tuple(t) for t in left_out})) if left_out else ((ds_name, classname),)
         ds = self.datasets[ds_name]
         others = [self.datasets[d] for d in self.evaluated if d != ds_name]
         start = time.time()
@@ -96,13 +99,13 @@ class Auditor:
         def case(subject: Subject, target: float, references: dict) -> Case:
             return Case(subject, self.original, ds, classname, others, self.prompts, target, seed,
                         blast=subject.label != ORACLE, references=references)
-        if (ds_name, classname, seed) not in self.done:  # with the original weights, before any change
+        memo = (ds_name, classname, seed, left_out)
+        if memo not in self.done:  # with the original weights, before any change
             idx = ds.classnames.index(classname)
             target = self.cfg.relearn_back * class_accuracy(*self.original.features(ds, self.cfg.split),
                                                             self.original.classifier(ds), idx)
-            self.done[(ds_name, classname, seed)] = {ref.label: run_probes(case(ref, target, {}))
-                                                     for ref in self.references(ds_name, classname)}
-        refs = self.done[(ds_name, classname, seed)]
+            self.done[memo] = {ref.label: run_probes(case(ref, target, {})) for ref in self.references(left_out)}
+        refs = self.done[memo]
         self.original.prompt_embeddings(self.prompts)  # the blast radius's reference
         towers = towers_changed(changed)
         unlearned = Subject(UNLEARNED, self.lm, self.device, self.cfg, self.original,
@@ -176,7 +179,7 @@ def audit_run(run: RunFolder, auditor: Auditor, seed: int | None = None, redo: b
         saved = run.load_delta(ds, cls)
         if saved.get("model_key") not in (None, key):
             raise UserError(f"{model_file} was made from model '{saved['model_key']}', not the run's '{key}'")
-        entry = auditor.audit_class(ds, cls, saved["changed"], seed)
+        entry = auditor.audit_class(ds, cls, saved["changed"], seed, saved.get("classes"))
         audit.setdefault(ds, {})[cls] = {"model_sha1": sha, **entry}
         run.write_audit(split, audit)  # after every class: an interruption loses nothing finished
         print(summary_line(ds, cls, entry))

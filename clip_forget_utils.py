@@ -44,7 +44,8 @@ KEY_COLUMNS = ["ds", "name"]
 MAIN_COLUMNS = ["std", "full_Noforget", "cls_Noforget", "cls_forget", "full_forget"]
 GEN_COLUMNS = ["acc_val_hard", "acc_val_true_data"]
 NO_GEN_COLUMNS = ["acc_train"]
-NOT_STD_KEYS = ("summary", "final_results")  # keys of a class's log that are not noise levels
+NOT_STD_KEYS = ("summary", "final_results", "request")  # keys of a class's log that are not noise levels
+SET_ROW = "set"  # the ds of a request's summary row in a set run (--protocol joint / sequential)
 # audit.py's figures of each audited model (probes.py declares them): column audit_<figure> for the unlearned
 # model, audit_<figure>_<model> for the models audited beside it (the original, the oracle), and
 # audit_other_<dataset>[_<model>] for each other evaluated dataset
@@ -144,6 +145,8 @@ def _full_acc(before: Before, dataset: str) -> float:
 
 
 def _class_row(ds: str, name: str, class_log: dict, before: Before, gen_data: bool, all_res: bool) -> dict:
+    """A forgotten class's row. In a set run (a record with a "request") the rest of its dataset and the
+    other datasets are the classes the set has not forgotten (after that request), always with res_/full_."""
     final = class_log.get("final_results") or {}
     after = (final.get(ds) or {}).get(name) or {}
     ref = (before.get(ds) or {}).get(name) or {}
@@ -152,11 +155,38 @@ def _class_row(ds: str, name: str, class_log: dict, before: Before, gen_data: bo
            "cls_forget": _num(after.get("cls_acc_test")), "full_forget": _num(after.get("no_cls_acc"))}
     for col in GEN_COLUMNS if gen_data else NO_GEN_COLUMNS:
         row[col] = _num(after.get(col))
-    if all_res:
+    request = class_log.get("request")
+    if request:
+        kept_before, kept_after = (_kept(request[k]) for k in ("before", "after"))
+        row["full_Noforget"], row["full_forget"] = kept_before.get(ds, math.nan), kept_after.get(ds, math.nan)
+        for other in kept_after:
+            if other != ds:
+                row[f"res_{other}"], row[f"full_{other}"] = kept_after[other], kept_before.get(other, math.nan)
+    elif all_res:
         for other, figs in final.items():
             if other != ds and isinstance(figs, dict) and "all" in figs:
                 row[f"res_{other}"] = _num(figs["all"].get("all_ds"))
                 row[f"full_{other}"] = _full_acc(before, other)
+    return row
+
+
+def _kept(figures: dict) -> dict[str, float]:
+    """dataset -> accuracy of its classes not forgotten, from a request's set figures."""
+    return {d: _num(f.get("kept_acc")) for d, f in (figures or {}).items()}
+
+
+def set_row(request: dict) -> dict:
+    """The summary row of a request of a set run: the classes forgotten so far (their mean test accuracy
+    before and after), and each dataset's kept classes as res_D / full_D (compute_avg_gain: the set score)."""
+    gone = lambda figures: [v for f in figures.values() for v in f["forgotten"].values()]  # noqa: E731
+    classes = " + ".join(c for f in request["after"].values() for c in f["forgotten"])  # forgotten so far
+    row = {"ds": SET_ROW, "name": f"request {request['index']}: {classes}", "std": math.nan,
+           "full_Noforget": math.nan, "full_forget": math.nan,
+           "cls_Noforget": sum(gone(request["before"])) / len(gone(request["before"])),
+           "cls_forget": sum(gone(request["after"])) / len(gone(request["after"]))}
+    kept_before, kept_after = _kept(request["before"]), _kept(request["after"])
+    for d in kept_after:
+        row[f"res_{d}"], row[f"full_{d}"] = kept_after[d], kept_before.get(d, math.nan)
     return row
 
 
@@ -166,7 +196,9 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
 
     Columns: ds, name, std, full_Noforget, cls_Noforget, cls_forget, full_forget, then
     acc_val_hard, acc_val_true_data (gen_data) or acc_train, then with all_res res_D, full_D for
-    every other dataset D (after / before). Classes logged as {} (not run) have no row.
+    every other dataset D (after / before). Classes logged as {} (not run) have no row. A set run
+    (--protocol joint / sequential) has, after its classes' rows, one summary row per request (ds "set",
+    set_row) and res_/full_ columns on its kept classes (_class_row).
     `df.attrs['status']` maps (ds, name) to the summary status of classes that did not end "done".
     """
     run = _run(res_folder, log_name)
@@ -176,15 +208,18 @@ def create_results(res_folder: str | Path, gen_data: bool = True, all_res: bool 
         datasets += list(record.get("final_results") or {})
     before = load_before(run.path, datasets, args, rn)
 
-    rows, status, seconds = [], {}, {}
+    rows, status, seconds, requests = [], {}, {}, {}
     for (ds, name), class_log in records.items():
         rows.append(_class_row(ds, name, class_log, before, gen_data, all_res))
+        if class_log.get("request"):
+            requests[class_log["request"]["index"]] = class_log["request"]
         summary = class_log.get("summary") or {}
         seconds[(ds, name)] = _num(summary.get("seconds"))
         state = summary.get("status", "done")
         if state != "done":
             status[(ds, name)] = state
 
+    rows += [set_row(requests[i]) for i in sorted(requests)]
     columns = KEY_COLUMNS + MAIN_COLUMNS + (GEN_COLUMNS if gen_data else NO_GEN_COLUMNS)
     extra = list(dict.fromkeys(k for row in rows for k in row if k not in columns))
     audit = audit_columns(run.path, audit_split)
@@ -232,10 +267,16 @@ def compute_avg_gain(df: pd.DataFrame) -> pd.Series:
     terms the same way for any number of datasets (2 with all_res=False: forget + main drop).
     As in the paper, only the other-dataset terms are NaN-filled: a NaN or zero baseline of the
     forget class or of the main dataset gives a NaN (or inf) score, not a silently good one.
+
+    The set score (a request's summary row, ds "set"): the classes forgotten so far take the forget
+    term (their mean accuracy after over before) and every evaluated dataset D a drop term on its
+    classes the set keeps, over 1 + the number of datasets. For a set of one class this is the
+    paper's score: its dataset's kept classes are the rest of it, the others are whole.
     """
     main_drop, drops = relative_drops(df)
-    total = df["cls_forget"] / df["cls_Noforget"] + main_drop
-    n_terms = pd.Series(2.0, index=df.index)
+    is_set = df["ds"] == SET_ROW
+    total = df["cls_forget"] / df["cls_Noforget"] + main_drop.where(~is_set, 0.0)
+    n_terms = pd.Series(2.0, index=df.index) - is_set
     for d, drop in drops.items():
         total = total + drop.fillna(0)
         n_terms = n_terms + (df["ds"] != d)

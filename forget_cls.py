@@ -73,7 +73,10 @@ def resolve_targets(datasets: dict, forget_labels: str | None,
                     problems.append(f"{name} has no class '{c}'{close_names(c, ds.classnames)}")
         return targets, problems
     asked = {n.strip().lower() for n in requested.split(",")}
-    labels = list(dict.fromkeys(x.strip() for x in forget_labels.split(",") if x.strip()))
+    given = [x.strip() for x in forget_labels.split(",") if x.strip()]
+    labels = list(dict.fromkeys(given))
+    problems += [f"--forget_labels names '{c}' {given.count(c)} times: give each class once" for c in labels
+                 if given.count(c) > 1]
     if not labels:
         problems.append("--forget_labels names no class")
     for label in labels:

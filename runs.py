@@ -6,12 +6,15 @@ folder, audit.py adds its audit, clip_forget_utils.py and sweep.py read it: all 
                                          {dataset: {class: record}}, and the run's settings under "settings"
     <run>/zeroshot_before.json           {dataset: {class: figures}}: the model before unlearning
     <run>/models/<dataset>/<class>.pt    the unlearned model of a request: its changed tensors (a delta)
+    <run>/models/joint.pt                the one model of a --protocol joint run (every class of its set)
     <run>/audit.json, audit_<split>.json the forgetting audit of each split (and audit[_<split>].png)
     <run>/results.md, results.png        the report of clip_forget_utils.py
 
 The unit is a forget request, the classes one unlearning run removes. A one-class request is recorded
 where the paper's create_results and notebooks read it: logs[dataset][class], with the paper's
-"final_results" and per-noise-level entries. A request is finished when its record has final_results.
+"final_results" and per-noise-level entries. A request of several classes (--protocol joint) gives each
+class its record there, every one with the same "request" entry (its index, its classes, the set's figures
+before and after); they are written together. A request is finished when its records have final_results.
 """
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ class RunFolder:
         """The (dataset, class) requests whose record has final_results (read once per change of the file)."""
         try:
             st = self.logs_file.stat()
-        except FileNotFoundError:
+        except OSError:  # none yet, or the folder's path runs through a file
             return []
         return list(_finished(str(self.logs_file), st.st_mtime_ns, st.st_size))
 
@@ -99,7 +102,14 @@ class RunFolder:
         path = self.path / BEFORE
         return read_json(path) if path.is_file() else {}
 
+    def protocol(self) -> str:
+        """The run's --protocol (per_class for folders from before it existed)."""
+        return self.settings().get("protocol", "per_class")
+
     def delta_file(self, dataset: str, classname: str) -> Path:
+        """The saved model that forgot `classname`: its own, or the one model of a joint run."""
+        if self.protocol() == "joint":
+            return self.path / MODELS / "joint.pt"
         return self.path / MODELS / dataset / f"{safe_name(classname)}.pt"
 
     def load_delta(self, dataset: str, classname: str) -> dict:
@@ -148,15 +158,17 @@ class RunFolder:
         """Add the model's figures before unlearning; a rerun adds, never drops (several processes may)."""
         update_json(self.path / BEFORE, lambda old: old.update(figures))
 
-    def add_record(self, dataset: str, classname: str, record: dict, settings: dict) -> dict:
-        """Record a finished request; the settings are checked again under the lock, since another process
-        (sweep.py runs several classes into one folder) may have written since. Returns the new logs."""
+    def add_records(self, records: dict[tuple[str, str], dict], settings: dict) -> dict:
+        """Record a finished request, its classes' records in one write; the settings are checked again under
+        the lock, since another process (sweep.py runs several classes into one folder) may have written
+        since. Returns the new logs."""
         def add(logs: dict) -> None:
             problems = settings_problems(self.path, logs.get(SETTINGS, {}), settings)
             if problems:
                 raise UserError(problems[0])
             logs[SETTINGS] = settings
-            logs.setdefault(dataset, {})[classname] = record
+            for (dataset, classname), record in records.items():
+                logs.setdefault(dataset, {})[classname] = record
         return update_json(self.logs_file, add)
 
     def save_delta(self, dataset: str, classname: str, changed: dict, meta: dict) -> None:

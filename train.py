@@ -98,7 +98,7 @@ def image_size(lm: LoadedModel) -> int:
 
 
 # ----------------------------------------------------------------------------- evaluation
-PROTOCOLS = ("per_class", "sequential")
+PROTOCOLS = ("per_class", "joint", "sequential")
 
 
 class Evaluator:
@@ -206,9 +206,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--export", default=None, metavar="DIR",
                    help="write the final unlearned model into DIR in open_clip's Hugging Face layout (plain open_clip "
                         "loads it as local-dir:DIR), with a model card and unlearning.json; needs one final model: one "
-                        "class, or --protocol sequential")
+                        "class, or --protocol joint or sequential")
     p.add_argument("--protocol", default="per_class", choices=PROTOCOLS,
                    help="per_class: every class is forgotten from the original model (the paper's benchmark); "
+                        "joint: every class of --forget_labels (across datasets) in one request, one unlearning run "
+                        "and one model (methods that forget a set: docs/handover.md); "
                         "sequential: the classes are requests in the order of --forget_labels, each starting from "
                         "the model the previous one left, and after each every class forgotten so far is evaluated "
                         "(each request's model is saved: a rerun resumes from the last finished one)")
@@ -231,6 +233,9 @@ def option_problems(args: argparse.Namespace) -> tuple[ModuleType, Any, list[str
     sides = methods.side_sets(mod, cfg)
     if sides and not args.generated_data:
         problems.append(f"--method {args.method} reads synthetic {' and '.join(sides)} sets: it needs --generated_data 1")
+    if getattr(args, "protocol", "per_class") == "joint" and not hasattr(mod, "unlearn_set"):
+        problems.append(f"--method {args.method} ({mod.NAME}) forgets one class at a time: it cannot run --protocol joint "
+                        f"(methods that can: {', '.join(methods.SET_METHODS)}); use --protocol sequential")
     return mod, cfg, problems
 
 
@@ -270,6 +275,10 @@ def validate(args: argparse.Namespace) -> tuple[dict, list, ModuleType, Any, dic
         run_folder.before()
         if args.protocol == "sequential":
             problems += sequence_problems(run_folder, targets)
+        done = run_folder.finished()
+        if args.protocol == "joint" and done and set(done) != set(targets):
+            problems.append(f"{run_folder.path} holds the joint request {', '.join(f'{d}/{c}' for d, c in done)}, not "
+                            "this run's set: use another --output_dir")
     except UserError as e:
         problems.append(str(e))
     if args.export:
@@ -284,7 +293,7 @@ def export_problems(args: argparse.Namespace, targets: list) -> list[str]:
     problems = []
     if args.protocol == "per_class" and len(targets) > 1:
         problems.append(f"--export writes one model, and --protocol per_class makes one per class ({len(targets)}): "
-                        "forget one class, or use --protocol sequential")
+                        "forget one class, or use --protocol joint or sequential")
     out = Path(args.export)
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         problems.append(f"--export {out} exists and is not an empty folder: choose a new one")
@@ -377,75 +386,101 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sides = methods.side_sets(mod, cfg)
     evaluator = Evaluator(lm, datasets, args.device, args.workers)
     logs: dict = {}
-    # sequential: `base` holds every tensor the requests so far changed, as the last one left them (the model
-    # the next request starts from); a rerun starts from the saved model of the last finished request
+    # per_class: a request per class, from the original model; sequential: a request per class, each from the
+    # model the previous left (`base`: every tensor changed so far; a rerun starts from the saved model of the
+    # last finished request); joint: one request of every class
     sequential = args.protocol == "sequential"
+    requests = [targets] if args.protocol == "joint" else [[t] for t in targets]
     forgotten = [t for t in targets if t in run_folder.finished()] if sequential else []
     base = {n: t.to(args.device) for n, t in run_folder.load_delta(*forgotten[-1])["changed"].items()} if forgotten else {}
-    for ds_name, classname in targets:
-        if (ds_name, classname) in run_folder.finished():
-            print(f"{ds_name}/{classname}: already in {run_folder.logs_file}, skipped")
+    for request in requests:
+        if all(t in run_folder.finished() for t in request):
+            print(f"{', '.join(f'{d}/{c}' for d, c in request)}: already in {run_folder.logs_file}, skipped")
             continue
         start = time.time()
-        ds, idx = datasets[ds_name], datasets[ds_name].classnames.index(classname)
-        x, source = images[(ds_name, classname)]
-        x = x.to(args.device) if x is not None else None
-        seed = class_seed(args.seed, ds_name, classname)
-        task = ForgetTask(
-            model=lm.model, tokenizer=lm.tokenizer, classnames=ds.classnames, template=ds.template, class_index=idx,
-            templates=list(ds.templates),
-            images=x, caption=CAPTION.format(classname),
-            # every other dataset the run evaluates (--run_ds and --eval_ds): names only, no image
-            other_prompts=[o.prompt(c) for o in datasets.values() if o is not ds for c in o.classnames],
-            syn_accuracy=(lambda: evaluator.accuracy(x, idx, evaluator.weights(ds_name, text_changed=True)))
-            if x is not None else (lambda: math.nan),
-            # every draw of the method on the run's device, seeded per class: a class's result does not
-            # depend on which other classes run (CUDA and CPU streams differ by design)
-            generator=torch.Generator(device=args.device).manual_seed(seed), seed=seed,
-            train_view=real_train_view(lm, ds, classname, seed) if not args.generated_data else None,
-            on_improved=(lambda: evaluator.main_figures(ds_name, classname, x, {"image": True, "text": True},
-                                                        real_train=not args.generated_data))
-            if args.debug else None)
-        if "heldout" in sides:
-            task.heldout = side_images(args.heldout_dir, lm, ds, [classname])[0].to(args.device)
-        if "retain" in sides:
-            r, labels = side_images(args.retain_dir, lm, ds, [c for c in ds.classnames if c != classname])
-            task.retain, task.retain_labels = r.to(args.device), labels.to(args.device)
+        label = request[0][0] + "/" + request[0][1] if len(request) == 1 else f"{len(request)} classes"
+        tasks = [forget_task(lm, datasets, d, c, images[(d, c)], targets, evaluator, args, sides) for d, c in request]
+        # the original model's figures on the classes forgotten once this request is done (cached features)
+        set_before = evaluator.set_figures(forgotten + [t for t in request if t not in forgotten], {}) \
+            if args.protocol != "per_class" else None
         status = "done"
-        with tqdm(total=getattr(cfg, "max_epochs", 1), desc=f"{ds_name}/{classname}", unit="epoch") as bar, \
-                applied(lm.model, base):
-            task.progress = bar
+        with tqdm(total=getattr(cfg, "max_epochs", 1), desc=label, unit="epoch") as bar, applied(lm.model, base):
+            tasks[0].progress = bar
             try:
                 with precision(args.precision, args.device):
-                    result = mod.unlearn(task, cfg)
+                    result = mod.unlearn(tasks[0], cfg) if len(tasks) == 1 else mod.unlearn_set(tasks, cfg)
             except NonFiniteLoss as e:
                 result = MethodResult({}, e.summary)
-                status = f"error: {e}; this class keeps the {'previous' if sequential else 'original'} model"
-        changed = {**base, **result.changed}  # against the original model (base is {} under per_class)
-        request = {}
+                status = f"error: {e}; {'these classes keep' if len(tasks) > 1 else 'this class keeps'} the " \
+                         f"{'previous' if sequential else 'original'} model"
+        changed = {**base, **result.changed}  # against the original model (base is {} but under sequential)
+        info = {}
         with applied(lm.model, changed):
-            final = evaluator.final_results(ds_name, classname, x, changed, real_train=not args.generated_data)
-            if sequential:
-                forgotten.append((ds_name, classname))
-                request = {"request": {"protocol": "sequential", "index": len(forgotten),
-                                       "after": evaluator.set_figures(forgotten, changed)}}
-        if args.save_best_model or sequential or args.export:
-            run_folder.save_delta(ds_name, classname, changed, {"model_key": key, "arch": lm.name,
-                                                                "pretrained": lm.pretrained, "method": args.method,
-                                                                "protocol": args.protocol})
+            finals = {(t.dataset, t.classname): evaluator.final_results(t.dataset, t.classname, t.images, changed,
+                                                                        real_train=not args.generated_data)
+                      for t in tasks}
+            if args.protocol != "per_class":
+                forgotten += [t for t in request if t not in forgotten]
+                info = {"request": {"protocol": args.protocol, "index": requests.index(request) + 1
+                                    if not sequential else len(forgotten),
+                                    "classes": [list(t) for t in request],
+                                    "before": set_before,
+                                    "after": evaluator.set_figures(forgotten, changed)}}
+        if args.save_best_model or args.protocol != "per_class" or args.export:
+            run_folder.save_delta(*request[0], changed, {"model_key": key, "arch": lm.name, "pretrained": lm.pretrained,
+                                                         "method": args.method, "protocol": args.protocol,
+                                                         # every class this model forgot
+                                                         "classes": [list(t) for t in (forgotten or request)]})
         if sequential:
             base = changed
         secs = time.time() - start
-        record = {"summary": {**result.summary, "changed_tensors": sorted(result.changed), "seconds": round(secs, 1),
-                              "status": status, **({"synthetic": source} if source else {})},
-                  **result.log, **request, "final_results": final}
-        logs = run_folder.add_record(ds_name, classname, record, settings)
-        print(summary_line(ds_name, classname, before, final, record["summary"], secs))
-        if sequential:
-            print(set_line(request["request"]))
+        summary = {**result.summary, "changed_tensors": sorted(result.changed), "seconds": round(secs, 1),
+                   "status": status}
+        records = {t: {"summary": {**summary, **({"synthetic": images[t][1]} if images[t][1] else {})},
+                       **result.log, **info, "final_results": finals[t]} for t in request}
+        logs = run_folder.add_records(records, settings)
+        for t in request:
+            print(summary_line(*t, before, finals[t], records[t]["summary"], secs))
+        if info:
+            print(set_line(info["request"]))
     if args.export:
         export(lm, run_folder, targets, args, settings)
     return logs or run_folder.logs()
+
+
+def forget_task(lm: LoadedModel, datasets: dict[str, DatasetSplits], ds_name: str, classname: str,
+                forget: tuple[torch.Tensor | None, dict | None], targets: list, evaluator: Evaluator,
+                args: argparse.Namespace, sides: list[str]) -> ForgetTask:
+    """What the method gets for one class of a request: its images (on the run's device), its dataset's
+    names and templates, the other datasets' prompts with every class of the run left out (`targets`),
+    its side sets, its accuracy watch and a generator seeded by the class."""
+    ds, idx = datasets[ds_name], datasets[ds_name].classnames.index(classname)
+    x = forget[0].to(args.device) if forget[0] is not None else None
+    seed = class_seed(args.seed, ds_name, classname)
+    gone = set(targets) if args.protocol == "joint" else {(ds_name, classname)}
+    task = ForgetTask(
+        model=lm.model, tokenizer=lm.tokenizer, classnames=ds.classnames, template=ds.template, class_index=idx,
+        templates=list(ds.templates), dataset=ds_name,
+        images=x, caption=CAPTION.format(classname),
+        # every other dataset the run evaluates (--run_ds and --eval_ds): names only, no image; a joint
+        # request's own classes are not kept
+        other_prompts=[o.prompt(c) for n, o in datasets.items() if o is not ds for c in o.classnames
+                       if (n, c) not in gone],
+        syn_accuracy=(lambda: evaluator.accuracy(x, idx, evaluator.weights(ds_name, text_changed=True)))
+        if x is not None else (lambda: math.nan),
+        # every draw of the method on the run's device, seeded per class: a class's result does not
+        # depend on which other classes run (CUDA and CPU streams differ by design)
+        generator=torch.Generator(device=args.device).manual_seed(seed), seed=seed,
+        train_view=real_train_view(lm, ds, classname, seed) if not args.generated_data else None,
+        on_improved=(lambda: evaluator.main_figures(ds_name, classname, x, {"image": True, "text": True},
+                                                    real_train=not args.generated_data))
+        if args.debug else None)
+    if "heldout" in sides:
+        task.heldout = side_images(args.heldout_dir, lm, ds, [classname])[0].to(args.device)
+    if "retain" in sides:
+        r, labels = side_images(args.retain_dir, lm, ds, [c for c in ds.classnames if (ds_name, c) not in gone])
+        task.retain, task.retain_labels = r.to(args.device), labels.to(args.device)
+    return task
 
 
 def export(lm: LoadedModel, run_folder: RunFolder, targets: list, args: argparse.Namespace, settings: dict) -> None:

@@ -27,6 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "improved": {"method": "textspace", "options": {}},
 }
 CHOICES = [*METHODS, *PRESETS]
+SET_METHODS = [n for n, m in METHODS.items() if hasattr(m, "unlearn_set")]  # those that forget a set at once
 
 
 def resolve(name: str) -> tuple[ModuleType, dict]:

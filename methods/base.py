@@ -8,6 +8,9 @@ A method is a module of this package with
     Config                          # a dataclass: every default of the method; each field is a train.py option
     unlearn(task: ForgetTask, cfg: Config) -> MethodResult
 and optionally
+    unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult
+                                    # forget several classes (--protocol joint) in one run; without it the
+                                    # method refuses a set
     ARCH_KEYS: tuple[str, ...]      # Config fields the backbone's configs/archs/<tag>.yaml sets (e.g. "frozen")
     side_sets(cfg) -> list[str]     # other synthetic sets it reads: "heldout", "retain" (datagen.py --method confident)
     check(cfg) -> list[str]         # problems with the options, one line each (methods.base has the usual checks)
@@ -50,6 +53,7 @@ class ForgetTask:
     on_improved: Callable[[], dict] | None = None  # real-data figures of the current model (--debug 1)
     progress: tqdm | None = None
     templates: list = field(default_factory=list)  # every template of the dataset (str or callable); [] = [template]
+    dataset: str = ""  # the forget class's dataset name (to tell the classes of a set apart)
 
     def count_steps(self, total: int) -> None:
         """The progress bar counts optimisation steps, up to `total`, from here on."""

@@ -75,23 +75,51 @@ def select_top_k(named: list, k: int) -> list:
 
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
-    """The paper's loop (SPEC §2) on task.images; the model is handed back unchanged.
+    """The paper's loop on one class (unlearn_set of a set of one)."""
+    return unlearn_set([task], cfg)
+
+
+def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
+    """The paper's loop (SPEC §2) on the forget images of every class of `tasks`, each image with its own
+    class's caption, in one loss; the model is handed back unchanged.
 
     As in the paper's code: the best accuracy starts at 1.0, so the first epoch always runs and
     counts as an improvement unless accuracy stays at 1; with several batches per epoch the loss is
     divided by the accumulation count, the top-k selection drops the other gradients after every
     backward, and accuracy is checked after every batch (recomputed only when a step changed the
     model); if no epoch ever improves, the result is the model as it was just before the last rollback.
+
+    For a set, the paper's rule generalised: the watched accuracy is the *largest* of the classes'
+    synthetic accuracies, so the loop stops once every class is at or below min_train_acc_stop, and an
+    epoch improves when it lowers the worst class. Synthetic images take turns by class (the first image
+    of each class, then the second, ...), so every batch holds every class. A set of one is the paper's loop.
     """
-    model, images = task.model, task.images
+    model = tasks[0].model
     vis, txt = freeze(model, cfg.frozen)
     names = {p: n for n, p in vis + txt}
     opt = torch.optim.Adam([p for _, p in vis + txt], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                            weight_decay=cfg.weight_decay)
-    tokens = task.tokens([task.caption] * min(len(images), cfg.batch_size))
-    n_batches = math.ceil(len(images) / cfg.batch_size)
-    acc_steps = min(n_batches, cfg.accum_steps)
-    acc_before = acc = task.syn_accuracy()
+    captions = tasks[0].tokens([t.caption for t in tasks])  # (C, L): one caption per class
+    real = tasks[0].train_view is not None
+    if not real:  # synthetic images: one fixed set, taking turns by class
+        sizes = [len(t.images) for t in tasks]
+        images, owner = torch.cat([t.images for t in tasks]), torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+        cls, start = owner.tolist(), [sum(sizes[:i]) for i in range(len(sizes))]
+        turns = sorted(range(len(cls)), key=lambda r: (r - start[cls[r]], cls[r]))
+
+    def view() -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's images and each one's class (real ones: a fresh augmented view of every class)."""
+        if not real:
+            return images, owner
+        xs = [t.train_view() for t in tasks]
+        return torch.cat(xs), torch.cat([torch.full((len(x),), i) for i, x in enumerate(xs)])
+
+    def watch() -> tuple[float, list[float]]:
+        accs = [t.syn_accuracy() for t in tasks]
+        return max(accs), accs
+
+    acc, accs = watch()
+    acc_before = acc
     best_acc, best_std, stage = 1.0, 0.0, 0
     best: dict | None = None
     last_rolled_back: dict = {}  # the model just before the last rollback (the paper's fallback)
@@ -103,13 +131,16 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
             k_v, k_t = cfg.k_v + cfg.inc_v[stage], cfg.k_t + cfg.inc_t[stage]
             epoch_start = Snapshot(opt)
             # the paper's loaders: synthetic images in their order; real ones shuffled and re-augmented each epoch
-            x = images if task.train_view is None else task.train_view()
-            order = torch.arange(len(x), device=x.device) if task.train_view is None else \
-                torch.randperm(len(x), generator=task.generator, device=task.generator.device).to(x.device)
+            x, rows_class = view()
+            gen = tasks[0].generator
+            order = torch.tensor(turns, device=x.device) if not real else \
+                torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
+            n_batches = math.ceil(len(x) / cfg.batch_size)
+            acc_steps = min(n_batches, cfg.accum_steps)
             losses, epoch_steps = [], 0
             for b, idx in enumerate(order.split(cfg.batch_size)):
-                loss = lipschitz_loss(model, x[idx], tokens[:len(idx)], std, cfg.n_samples, task.generator,
-                                      cfg.chunk) / acc_steps
+                tokens = captions[rows_class[idx.cpu()].to(captions.device)]
+                loss = lipschitz_loss(model, x[idx], tokens, std, cfg.n_samples, gen, cfg.chunk) / acc_steps
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch} (std {std})",
                                         _summary(epochs, rollbacks, steps, acc_before, best_std))
@@ -126,18 +157,22 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                         raise NonFiniteLoss(f"weights became non-finite at epoch {epoch} (std {std})",
                                             _summary(epochs, rollbacks, steps, acc_before, best_std))
                     epoch_steps += 1
-                    acc = task.syn_accuracy()  # the model changed: measure again
+                    acc, accs = watch()  # the model changed: measure again
                 if acc <= cfg.min_train_acc_stop:
                     break
             epochs, steps = epochs + 1, steps + epoch_steps
             improved = acc < best_acc
             entry = by_std.setdefault(str(std), {"improved": False, "epochs": []})
             entry["epochs"].append({"epoch": epoch, "acc_syn": acc, "improved": improved, "k_v": k_v, "k_t": k_t,
-                                    "steps": epoch_steps, "loss": (torch.stack(losses).mean() * acc_steps).item()})
+                                    "steps": epoch_steps, "loss": (torch.stack(losses).mean() * acc_steps).item(),
+                                    **({"acc_syn_classes": accs} if len(tasks) > 1 else {})})
             if improved:
                 entry["improved"] = True
-                if task.on_improved is not None:  # the paper logs real-data figures at every improving level
-                    entry.update(task.on_improved())
+                if len(tasks) == 1 and tasks[0].on_improved is not None:
+                    entry.update(tasks[0].on_improved())  # the paper logs real-data figures at every improving level
+                elif any(t.on_improved is not None for t in tasks):
+                    entry["classes"] = {f"{t.dataset}/{t.classname}": t.on_improved() for t in tasks
+                                        if t.on_improved is not None}
                 best_acc, best_std = acc, std
                 best = original.changed(names)
             else:  # roll back this epoch and move along the schedule: more noise, more layers
@@ -145,7 +180,7 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
                 epoch_start.restore()
                 rollbacks += 1
                 stage += 1
-            task.tick(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{best_acc:.3f}")
+            tasks[0].tick(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{best_acc:.3f}")
             if stage >= len(cfg.stds) or acc <= cfg.min_train_acc_stop:
                 break
     summary = _summary(epochs, rollbacks, steps, acc_before, best_std)

@@ -139,6 +139,20 @@ def text_weights(model: torch.nn.Module, prompt_tokens: torch.Tensor) -> torch.T
 
 
 # ----------------------------------------------------------------------------- prompts to keep
+def kept_classes(task: ForgetTask, tasks: list[ForgetTask]) -> list[int]:
+    """The class indices of `task`'s dataset that no task of the set forgets."""
+    gone = {t.class_index for t in tasks if t.dataset == task.dataset}
+    return [i for i in range(len(task.classnames)) if i not in gone]
+
+
+def keep_prompts(tasks: list[ForgetTask]) -> list[str]:
+    """What a text-side method keeps in place for a set: every kept class of each forget dataset in every
+    template, then the other datasets' prompts (ForgetTask.other_prompts: train.py leaves out the
+    forgotten classes), each prompt once."""
+    own = [p for t in tasks for i in kept_classes(t, tasks) for p in t.class_prompts(t.classnames[i])]
+    return list(dict.fromkeys(own + [p for t in tasks for p in t.other_prompts]))
+
+
 def unrelated_words(tokenizer, n: int, exclude: set[str] = frozenset()) -> list[str]:
     """`n` names made of whole words of the tokenizer's BPE vocabulary: one, two or three words in turn
     (class names are often several words: a prompt's features depend on its length), drawn evenly over
@@ -172,9 +186,10 @@ def name_words(names: list[str]) -> set[str]:
     return {w for c in names for w in re.findall(r"[a-z]+", c.lower().replace("_", " "))}
 
 
-def unrelated_prompts(task: ForgetTask, n: int) -> list[str]:
-    """`n` unrelated names (unrelated_words: no word of the dataset's class names or of an ImageNet class
-    name), each in the next of the dataset's templates in turn, the zero-shot one first."""
-    templates = task.all_templates
-    words = unrelated_words(task.tokenizer, n, name_words(task.classnames))
+def unrelated_prompts(tasks: list[ForgetTask], n: int) -> list[str]:
+    """`n` unrelated names (unrelated_words: no word of the class names of any dataset of `tasks`, or of an
+    ImageNet class name), each in the next of the first task's dataset's templates in turn, the zero-shot
+    one first."""
+    templates = tasks[0].all_templates
+    words = unrelated_words(tasks[0].tokenizer, n, name_words([c for t in tasks for c in t.classnames]))
     return [fill(templates[i % len(templates)], w) for i, w in enumerate(words)]

@@ -176,7 +176,7 @@ def _edit_sides(task: ForgetTask, cfg: Config, changed: dict, summary: dict) -> 
         keep = task.tokens([task.prompts[i] for i in others])  # its dataset's classifier: kept exactly
         soft = [list(task.other_prompts),  # the other datasets' classifiers
                 [p for i in others for p in task.class_prompts(task.classnames[i])[1:]],  # the other templates
-                unrelated_prompts(task, cfg.n_unrelated)]  # in the templates in turn
+                unrelated_prompts([task], cfg.n_unrelated)]  # in the templates in turn
         forget = task.tokens(task.class_prompts(task.classname))
         c, figs = edit(model, "text", forget, keep, [task.tokens(g) for g in soft if g], cfg)
         changed.update(c)

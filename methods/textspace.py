@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import ForgetTask, MethodResult, not_positive, optimise, option, too_small
-from methods.pieces import features, unrelated_prompts
+from methods.pieces import features, keep_prompts, kept_classes, unrelated_prompts
 from zeroshot import EVAL_SCALE, PROMPTS_PER_BATCH
 
 NAME = "textspace"
@@ -170,43 +170,57 @@ class TextEncoder:
 
 
 def unlearn(task: ForgetTask, cfg: Config, cache: bool = True) -> MethodResult:
-    """Adam on the adapter until every hinge holds or max_steps. cache=False recomputes the whole text
-    tower every step even for `adapt proj` (the naive baseline of bench/bench_textspace.py)."""
-    model, idx, gen = task.model, task.class_index, task.generator
-    others = [i for i in range(len(task.classnames)) if i != idx]
-    forget = task.tokens(task.class_prompts(task.classname))  # (T, L): the class in every template
-    classes = task.prompt_tokens  # (K, L): the zero-shot classifier's prompts
-    keep = task.tokens([p for i in others for p in task.class_prompts(task.classnames[i])] + list(task.other_prompts))
-    words = unrelated_prompts(task, cfg.n_unrelated)
-    unrelated = task.tokens(words) if words else None
+    """Forget one class (unlearn_set of a set of one)."""
+    return unlearn_set([task], cfg, cache)
+
+
+def unlearn_set(tasks: list[ForgetTask], cfg: Config, cache: bool = True) -> MethodResult:
+    """Adam on the adapter until every hinge of every class of `tasks` holds, or max_steps. cache=False
+    recomputes the whole text tower every step even for `adapt proj` (the naive baseline of
+    bench/bench_textspace.py).
+
+    A set: each class has its own forget and no-theft hinges (summed), against the classes of its dataset
+    that the set keeps; the keep term holds every prompt of a class the set keeps (methods.pieces.keep_prompts)."""
+    task = tasks[0]
+    model, gen = task.model, task.generator
+    sets, kept_of = {}, []
+    for j, t in enumerate(tasks):
+        kept = kept_classes(t, tasks)
+        sets[f"forget{j}"] = t.tokens(t.class_prompts(t.classname))  # (T, L): the class in every template
+        kept_of.append(f"others:{t.dataset}")
+        sets.setdefault(kept_of[-1], t.prompt_tokens[kept])  # the zero-shot classifier's kept prompts
+    sets["keep"] = task.tokens(keep_prompts(tasks))
+    words = unrelated_prompts(tasks, cfg.n_unrelated)
+    if words:
+        sets["unrelated"] = task.tokens(words)
     was_training = model.training
     model.eval()
-    sets = {"forget": forget, "others": classes[others], "keep": keep,
-            **({"unrelated": unrelated} if unrelated is not None else {})}
     encode = TextEncoder(model, sets, cached=cache and cfg.adapt == "proj")
     with torch.no_grad():  # the original embeddings, by the same encoder as every step's
-        proxy_forget = F.normalize(encode("forget").mean(0, keepdim=True), dim=-1)  # (1, D)
-        proxy_others = encode("others")  # (K-1, D)
+        proxies = [F.normalize(encode(f"forget{j}").mean(0, keepdim=True), dim=-1) for j in range(len(tasks))]
+        proxy_others = {k: encode(k) for k in dict.fromkeys(kept_of)}  # (K-1, D) per dataset
         keep0 = encode("keep")
-        unrelated0 = encode("unrelated") if unrelated is not None else None
+        unrelated0 = encode("unrelated") if words else None
     last = {"forget": torch.ones(()), "theft": torch.ones(())}
 
     def step() -> tuple[torch.Tensor, dict] | None:
-        f_now = encode("forget")  # (T, D)
-        w_others = encode("others")  # (K-1, D)
-        # forget: each template's prompt below the best other class on the forget proxy
-        best_other = (EVAL_SCALE * proxy_forget @ w_others.T).max(-1).values  # (1,)
-        forget_loss = F.relu(EVAL_SCALE * proxy_forget @ f_now.T - best_other + cfg.margin).mean() / EVAL_SCALE
-        # no theft: below each other class's own logit on that class's proxy
-        own = EVAL_SCALE * (proxy_others * w_others).sum(-1, keepdim=True)  # (K-1, 1)
-        theft = F.relu(EVAL_SCALE * proxy_others @ f_now.T - own + cfg.margin).mean() / EVAL_SCALE
+        forget_loss = theft = torch.zeros((), device=keep0.device)
+        w = {k: encode(k) for k in proxy_others}  # (K-1, D) per dataset
+        for j, proxy in enumerate(proxies):
+            f_now, w_others, p_others = encode(f"forget{j}"), w[kept_of[j]], proxy_others[kept_of[j]]  # (T, D)
+            # forget: each template's prompt below the best kept class on the forget proxy
+            best_other = (EVAL_SCALE * proxy @ w_others.T).max(-1).values  # (1,)
+            forget_loss = forget_loss + F.relu(EVAL_SCALE * proxy @ f_now.T - best_other + cfg.margin).mean() / EVAL_SCALE
+            # no theft: below each kept class's own logit on that class's proxy
+            own = EVAL_SCALE * (p_others * w_others).sum(-1, keepdim=True)  # (K-1, 1)
+            theft = theft + F.relu(EVAL_SCALE * p_others @ f_now.T - own + cfg.margin).mean() / EVAL_SCALE
         last.update(forget=forget_loss.detach(), theft=theft.detach())
         if (forget_loss + theft).item() == 0:  # every hinge satisfied
             return None
         kept = torch.zeros((), device=keep0.device)
-        if unrelated is not None:
-            pick = torch.randperm(len(unrelated), generator=gen, device=gen.device)[:cfg.unrelated_batch]
-            pick = pick.to(unrelated.device)
+        if unrelated0 is not None:
+            pick = torch.randperm(len(unrelated0), generator=gen, device=gen.device)[:cfg.unrelated_batch]
+            pick = pick.to(unrelated0.device)
             kept = unit_sq_dist(encode("unrelated", pick), unrelated0[pick]).mean()
         (forget_loss + theft + cfg.keep_weight * kept).backward()
         kept = kept.detach()

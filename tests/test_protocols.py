@@ -1,6 +1,7 @@
-"""train.py --protocol sequential: forget requests that arrive over time, each starting from the model the
-previous one left; after each, every class forgotten so far is measured on real test images, and a rerun
-resumes from the saved model of the last finished request."""
+"""train.py --protocol joint and sequential: a set of classes forgotten into one model in one unlearning run,
+or as requests that arrive over time, each starting from the model the previous one left; after each, every
+class forgotten so far is measured on real test images, and a rerun resumes from the saved model of the last
+finished request. The joint model is handed over (--export) and read back by plain open_clip."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,8 @@ from forget_cls import FORGET_CLASSES
 from runs import RunFolder
 
 A, B = FORGET_CLASSES["Digits"][0], FORGET_CLASSES["Shapes"][0]  # the demo's defaults: three, red star
+SIBLING = "blue star"  # shares a word with red star
+SET = [("Digits", A), ("Shapes", B), ("Shapes", SIBLING)]
 
 
 def argv(out, data_root, labels=f"{A},{B}", *extra):
@@ -88,12 +91,12 @@ with torch.no_grad():
     w = torch.nn.functional.normalize(model.encode_text(tokenizer([template.format(c) for c in classnames])), dim=-1)
     x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p, _ in items])
     f = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
-print(json.dumps((f @ w.T).argmax(-1).tolist()))
+print(json.dumps((model.logit_scale.exp() * f @ w.T).tolist()))
 """
 
 
-def plain_open_clip_predictions(name: str, ds, tmp_path, env=None) -> list[int]:
-    """Zero-shot predictions on `ds`'s test images by open_clip alone: a fresh Python that imports no module
+def plain_open_clip_logits(name: str, ds, tmp_path, env=None) -> torch.Tensor:
+    """Zero-shot logits of `ds`'s test images by open_clip alone: a fresh Python that imports no module
     of this project (run outside the repository, with no PYTHONPATH)."""
     import os
     import subprocess
@@ -107,29 +110,74 @@ def plain_open_clip_predictions(name: str, ds, tmp_path, env=None) -> list[int]:
     p = subprocess.run([sys.executable, str(script), str(spec)], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return torch.tensor(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_root):
+    """A joint run of three classes (two of them siblings, one of the other dataset), exported."""
     root = tmp_path_factory.mktemp("export")
-    logs = train.main(argv(root / "run", data_root, A, "--export", str(root / "forgot_three")))
-    return root / "forgot_three", logs
+    labels = ",".join(c for _, c in SET)
+    logs = train.main(argv(root / "run", data_root, labels, "--protocol", "joint", "--export", str(root / "forgot")))
+    return root / "forgot", logs
 
 
-def test_the_exported_folder_loads_in_plain_open_clip_with_the_runs_figures(exported, digits, tmp_path):
+def test_a_joint_run_forgets_its_whole_set_in_one_model_and_keeps_the_rest(exported):
+    folder, logs = exported
+    run = RunFolder(folder.parent / "run")
+    request = logs["Digits"][A]["request"]
+    assert request["protocol"] == "joint" and request["index"] == 1 and request["classes"] == [list(t) for t in SET]
+    assert all(logs[d][c]["request"] == request for d, c in SET)  # one request, every class's record
+    assert [p.name for p in (run.path / "models").iterdir()] == ["joint.pt"]
+    assert run.load_delta("Shapes", SIBLING)["classes"] == [list(t) for t in SET]
+    # every class of the set forgotten on real test images, by name
+    for d, c in SET:
+        assert logs[d][c]["final_results"][d][c]["cls_acc_test"] <= 0.10, (c, logs[d][c]["final_results"])
+        assert request["after"][d]["forgotten"][c] <= 0.10
+    # each dataset's kept classes (every forgotten class left out) within a point of the original model
+    for d in ("Digits", "Shapes"):
+        assert request["after"][d]["kept_acc"] >= request["before"][d]["kept_acc"] - 0.01, request
+
+
+def test_a_joint_run_has_a_row_per_class_and_a_set_row_with_the_set_score(exported):
+    from clip_forget_utils import SET_ROW, compute_avg_gain, create_results
+    folder, logs = exported
+    df, _ = create_results(folder.parent / "run")
+    assert list(zip(df["ds"], df["name"])) == SET + [(SET_ROW, f"request 1: {A} + {B} + {SIBLING}")]
+    request = logs["Digits"][A]["request"]
+    row = df.iloc[-1]
+    assert row["cls_forget"] == pytest.approx(sum(request["after"][d]["forgotten"][c] for d, c in SET) / 3)
+    # the set score: the forget term and a drop term per dataset on its kept classes, over 1 + 2 datasets
+    drops = [max(0.0, (request["before"][d]["kept_acc"] - request["after"][d]["kept_acc"]) /
+                 request["before"][d]["kept_acc"]) for d in ("Digits", "Shapes")]
+    assert compute_avg_gain(df).iloc[-1] == pytest.approx((row["cls_forget"] / row["cls_Noforget"] + sum(drops)) / 3)
+    # a class's row: the rest of its dataset leaves out the set's other classes
+    assert df.iloc[1]["full_forget"] == pytest.approx(request["after"]["Shapes"]["kept_acc"])
+
+
+def test_the_exported_folder_loads_in_plain_open_clip_with_the_unlearned_models_logits(exported, demo, shapes,
+                                                                                        tmp_path):
+    from PIL import Image
+
+    from models import applied
     folder, logs = exported
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "open_clip_config.json",
                                                         "open_clip_model.safetensors", "unlearning.json"]
-    preds = torch.tensor(plain_open_clip_predictions(f"local-dir:{folder}", digits, tmp_path))
-    labels = torch.tensor([d.label for d in digits.test])
-    idx = digits.classnames.index(A)
-    final = logs["Digits"][A]["final_results"]["Digits"][A]
-    assert (preds[labels == idx] == idx).float().mean().item() == pytest.approx(final["cls_acc_test"], abs=1e-6)
-    assert (preds[labels != idx] == labels[labels != idx]).float().mean().item() == \
-        pytest.approx(final["no_cls_acc"], abs=1e-6)
+    plain = plain_open_clip_logits(f"local-dir:{folder}", shapes, tmp_path)
+    changed = RunFolder(folder.parent / "run").load_delta("Shapes", B)["changed"]
+    model = demo.model.eval()
+    with applied(model, changed), torch.no_grad():
+        w = torch.nn.functional.normalize(model.encode_text(demo.tokenizer(
+            [shapes.template.format(c.replace("_", " ")) for c in shapes.classnames])), dim=-1)
+        x = torch.stack([demo.preprocess(Image.open(d.impath).convert("RGB")) for d in shapes.test])
+        ours = model.logit_scale.exp() * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ w.T
+    assert plain.shape == ours.shape and torch.allclose(plain, ours, atol=1e-5, rtol=0)
+    labels = torch.tensor([d.label for d in shapes.test])
+    idx = shapes.classnames.index(B)
+    assert (plain.argmax(-1)[labels == idx] == idx).float().mean().item() == \
+        pytest.approx(logs["Shapes"][B]["final_results"]["Shapes"][B]["cls_acc_test"], abs=1e-6)
     info = json.loads((folder / "unlearning.json").read_text())
-    assert info["forgotten"] == [["Digits", A]] and info["protocol"] == "per_class" and info["method"] == "improved"
+    assert info["forgotten"] == [list(t) for t in SET] and info["protocol"] == "joint" and info["method"] == "improved"
     assert info["base_model"]["tag"] == "demo" and len(info["base_model"]["weights_sha1"]) == 16
     assert info["method_config"] == logs["settings"]["method_config"] and info["seed"] == 0
     card = (folder / "README.md").read_text()
@@ -170,9 +218,45 @@ def test_an_exported_model_is_a_model_name_everywhere_also_from_an_offline_hub_c
 
 def test_export_needs_one_model_and_a_new_folder(exported, data_root, tmp_path):
     folder, _ = exported
+    with pytest.raises(UserError, match=r"forgets one class at a time: it cannot run --protocol joint"):
+        train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--protocol", "joint", "--method", "hinge"))
+    with pytest.raises(UserError, match=r"names 'three' 2 times"):
+        train.main(argv(tmp_path / "run", data_root, f"{A},{B},{A}", "--protocol", "joint"))
+    with pytest.raises(UserError, match=r"holds the joint request .* not this run's set"):
+        train.main(argv(folder.parent / "run", data_root, f"{A},{B}", "--protocol", "joint"))
     with pytest.raises(UserError, match=r"--export writes one model, and --protocol per_class makes one per class"):
         train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--export", str(tmp_path / "new")))
     with pytest.raises(UserError, match=r"exists and is not an empty folder"):
         train.main(argv(tmp_path / "run", data_root, A, "--export", str(folder)))
     with pytest.raises(UserError, match=r"has no open_clip_config.json: not an open_clip model folder"):
         train.main(argv(tmp_path / "run2", data_root, A) + ["--backbone_arch", f"local-dir:{tmp_path}"])
+
+
+# ----------------------------------------------------------------------------- forget.py: names, no dataset
+def test_forget_py_forgets_a_name_from_a_list_and_writes_the_card(digits, data_root, tmp_path):
+    import forget
+    import zeroshot
+    keep = tmp_path / "keep.txt"
+    keep.write_text("\n".join(c for c in digits.classnames if c != A))  # a list of names: no dataset, no image
+    out = tmp_path / "forgot"
+    # the context templates of the images to come (here the demo's; the default is open_clip's ImageNet ones)
+    figures = forget.main(["--model", "demo", "--classes", A, "--keep", str(keep), "--out", str(out), "--device", "cpu",
+                           "--data_root", data_root, "--templates", ";".join(digits.templates)])
+    score = figures["forgotten"][A]
+    assert score["score_before"] >= 0.9 and score["score_after"] <= 0.1  # against the keep set, text only
+    assert figures["blast_prompts"] == forget.BLAST_PROMPTS and 0 < figures["blast_mean"] < 0.05
+    info = json.loads((out / "unlearning.json").read_text())
+    assert info["forgotten"] == [[forget.NAMES, A]] and info["audit"]["blast_count"] == figures["blast_count"]
+    assert (out / "README.md").read_text().startswith("---\nlibrary_name: open_clip\n")
+    # measured on real held-out images the model never saw in forget.py: the name is gone, the others stay
+    before = zeroshot.main(["--backbone_arch", "demo", "--run_ds", "Digits", "--data_root", data_root, "--device", "cpu"])
+    after = zeroshot.main(["--backbone_arch", f"local-dir:{out}", "--run_ds", "Digits", "--data_root", data_root,
+                           "--device", "cpu"])
+    assert after["Digits"][A]["cls_acc_test"] <= 0.10 < before["Digits"][A]["cls_acc_test"]
+    assert after["Digits"][A]["no_cls_acc"] >= before["Digits"][A]["no_cls_acc"] - 0.03
+    # bad input: one line each, nothing written
+    with pytest.raises(UserError, match=r"'one' is in --classes and in the keep list"):
+        forget.main(["--model", "demo", "--classes", f"{A},one", "--keep", str(keep), "--out", str(tmp_path / "x")])
+    with pytest.raises(UserError, match=r"trains on synthetic images: forget.py takes methods that need none"):
+        forget.main(["--model", "demo", "--classes", A, "--method", "faithful", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
