@@ -282,7 +282,8 @@ class Job:
     argv: tuple[str, ...]  # the script's arguments
     out: str  # datagen: the synthetic-set folder; train: the run folder
     root: str  # the sweep's results folder
-    needs: str | None = None  # id of the synthetic-set job a train job trains on
+    needs: tuple[str, ...] = ()  # ids of the synthetic-set jobs a train job trains on
+    classes: tuple[tuple[str, str], ...] = ()  # a set run's (--protocol joint / sequential) classes
 
     @property
     def id(self) -> str:
@@ -309,13 +310,20 @@ def run_folder(root: Path, tag: str, method: str, seed: int) -> Path:
     return root / tag / method / f"seed_{seed}"
 
 
+SET_PROTOCOLS = ("joint", "sequential")  # a method with one of these in its train options: one run of every class
+
+
 def expand(sweep: Sweep, root: str | Path) -> list[Job]:
-    """Every job of the sweep: per backbone, seed and class, its synthetic sets, then its unlearning runs."""
+    """Every job of the sweep: per backbone, seed and class, its synthetic sets, then its unlearning runs. A
+    method whose train options name --protocol joint or sequential makes one unlearning run per backbone and
+    seed of every class of the sweep (in the sweep's order), after all their synthetic sets."""
     root = Path(root).absolute()
     run_ds = ",".join(sweep.datasets)
+    set_methods = {n for n, m in sweep.methods.items() if _train_options(sweep, n).get("protocol") in SET_PROTOCOLS}
     jobs = []
     for backbone, tag in zip(sweep.backbones, sweep.tags):
         for seed in sweep.seeds:
+            sets: dict[str, list[Job]] = {}  # datagen setting -> its jobs of every class
             for ds, cls in sweep.classes:
                 ident = ["--backbone_arch", backbone, "--forget_labels", cls, "--seed", str(seed)]
                 made: dict[str, Job] = {}
@@ -326,30 +334,56 @@ def expand(sweep: Sweep, root: str | Path) -> list[Job]:
                                 *option_args(_datagen_options(sweep, m.datagen))]
                         made[m.datagen] = Job("datagen", m.datagen, tag, ds, cls, seed, tuple(argv), str(out),
                                               str(root))
+                        sets.setdefault(m.datagen, []).append(made[m.datagen])
                 jobs += made.values()
                 for name, m in sweep.methods.items():
-                    out = run_folder(root, tag, name, seed)
+                    if name in set_methods:
+                        continue
                     gen = made.get(m.datagen)
-                    argv = [*ident, "--run_ds", run_ds, "--output_dir", str(out),
-                            *(["--generated_dir", gen.out] if gen else []), *option_args(_train_options(sweep, name))]
-                    jobs.append(Job("train", name, tag, ds, cls, seed, tuple(argv), str(out), str(root),
-                                    gen.id if gen else None))
+                    jobs.append(train_job(sweep, root, name, backbone, tag, seed, run_ds, [(ds, cls)],
+                                          [gen] if gen else []))
+            for name in set_methods:
+                jobs.append(train_job(sweep, root, name, backbone, tag, seed, run_ds, list(sweep.classes),
+                                      sets.get(sweep.methods[name].datagen, [])))
     return jobs
+
+
+def train_job(sweep: Sweep, root: Path, method: str, backbone: str, tag: str, seed: int, run_ds: str,
+              classes: list[tuple[str, str]], made: list[Job]) -> Job:
+    """The unlearning run of `method` on `classes` (one, or a set run's), on the synthetic sets `made`."""
+    out = run_folder(root, tag, method, seed)
+    labels = ",".join(dict.fromkeys(c for _, c in classes))
+    argv = ["--backbone_arch", backbone, "--forget_labels", labels, "--seed", str(seed), "--run_ds", run_ds,
+            "--output_dir", str(out), *(["--generated_dir", made[0].out] if made else []),
+            *option_args(_train_options(sweep, method))]
+    ds, cls = classes[0] if len(classes) == 1 else ("set", _train_options(sweep, method)["protocol"])
+    return Job("train", method, tag, ds, cls, seed, tuple(argv), str(out), str(root), tuple(j.id for j in made),
+               tuple(classes) if len(classes) > 1 else ())
 
 
 def shard(jobs: list[Job], index: int, count: int) -> list[Job]:
     """Part `index` (1-based) of `count`: a synthetic-set job and the unlearning jobs that train on it always
     fall in the same part, so no part waits for another: the parts can run at once, in any order. Groups go,
     in order, to the part with the fewest jobs so far."""
+    head: dict[str, str] = {}  # a job id -> its group's first job: a set run joins its synthetic sets' groups
+
+    def find(i: str) -> str:
+        while head.get(i, i) != i:
+            i = head[i]
+        return i
+    for job in jobs:
+        for need in job.needs[1:]:
+            head[find(need)] = find(job.needs[0])
+    key = {j.id: find(j.needs[0] if j.needs else j.id) for j in jobs}
     groups: dict[str, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(job.needs or job.id, []).append(job)
+        groups.setdefault(key[job.id], []).append(job)
     sizes, part_of = [0] * count, {}
-    for key, group in groups.items():
+    for k, group in groups.items():
         part = sizes.index(min(sizes))
         sizes[part] += len(group)
-        part_of[key] = part
-    return [j for j in jobs if part_of[j.needs or j.id] == index - 1]
+        part_of[k] = part
+    return [j for j in jobs if part_of[key[j.id]] == index - 1]
 
 
 # ----------------------------------------------------------------------------- job state
@@ -379,7 +413,7 @@ def finished_classes(folder: str | Path) -> frozenset:
 
 def outputs_exist(job: Job) -> bool:
     if job.kind == "train":
-        return (job.dataset, job.classname) in finished_classes(job.out)
+        return set(job.classes or [(job.dataset, job.classname)]) <= finished_classes(job.out)
     return synthetic_path(job.out, job.dataset, job.classname).is_file()
 
 
@@ -429,11 +463,11 @@ def run_job(job: Job, env: dict[str, str] | None = None) -> str:
     before) or 'failed' (the reason and the log in its state file). Both executors call this."""
     if is_done(job):
         return "skipped"
-    dep = read_state_by_id(job.root, job.needs) if job.needs else None
-    if job.needs and not (dep and dep.get("status") == "done"):
-        dep_log = Path(job.root) / LOG_DIR / f"{job.needs}.log"
+    missing = [n for n in job.needs if read_state_by_id(job.root, n).get("status") != "done"]
+    if missing:
+        dep_log = Path(job.root) / LOG_DIR / f"{missing[0]}.log"
         write_state(job, status="failed", log=str(job.log),
-                    error=f"its synthetic set ({job.needs}) is not made: see {dep_log}")
+                    error=f"its synthetic set ({missing[0]}) is not made: see {dep_log}")
         return "failed"
     start = time.time()
     write_state(job, status="running", host=socket.gethostname(), pid=os.getpid(), started=_now())
@@ -493,7 +527,7 @@ def run_local(jobs: list[Job], n_parallel: int = 1, gpus: list[str] | None = Non
 
     def waiting(job: Job) -> bool:
         """Its synthetic set is still to be made in this run (run_job refuses it if that failed)."""
-        return job.needs in todo_ids and job.needs not in outcome
+        return any(n in todo_ids and n not in outcome for n in job.needs)
 
     pool = ThreadPoolExecutor(max_workers=n_parallel)
     try:
@@ -633,7 +667,8 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     means of each seed, then mean and std over seeds). Only the sweep's classes, only finished runs."""
     import pandas as pd
 
-    from clip_forget_utils import aggregate_seeds, class_means, compute_avg_gain, create_results, other_datasets
+    from clip_forget_utils import SET_ROW, aggregate_seeds, class_means, compute_avg_gain, create_results, \
+        other_datasets
     wanted = pd.MultiIndex.from_tuples(sweep.classes, names=["ds", "name"])
     per_class, per_seed = [], []
     for tag in sweep.tags:
@@ -642,7 +677,8 @@ def collect(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             if not folders:
                 continue
             agg = aggregate_seeds(list(folders.values()), gen_data=True, all_res=True)
-            agg = agg[agg.set_index(["ds", "name"]).index.isin(wanted)]
+            # the sweep's classes, and a set run's summary rows (clip_forget_utils.set_row: the set score)
+            agg = agg[agg.set_index(["ds", "name"]).index.isin(wanted) | (agg.ds == SET_ROW)]
             per_class.append(agg.assign(backbone=tag, method=method))
             for seed, folder in folders.items():
                 df, _ = create_results(folder, gen_data=True, all_res=True)
@@ -696,15 +732,16 @@ def report(sweep: Sweep, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     from clip_forget_utils import mean_std_markdown
     compared = audit_runs(sweep, root) if sweep.audit else []
     classes, methods = collect(sweep, root)
-    n_runs = len(expand_train(sweep, root))
-    n_done = int(classes.n_seeds.sum())
+    train_jobs = expand_train(sweep, root)
+    n_runs, n_done = len(train_jobs), sum(is_done(j) for j in train_jobs)
     table = mean_std_markdown(methods, SUMMARY, keys=["backbone", "method", "n_seeds", "n_classes"])
     class_table = mean_std_markdown(classes, ["cls_Noforget", "cls_forget", "full_Noforget", "full_forget", "score"],
                                     keys=["backbone", "method", "ds", "name", "n_seeds"])
     text = (f"# Sweep {sweep.name}\n\n{n_done} of {n_runs} unlearning runs finished. Mean ± std over seeds of "
             "the mean over classes: forget = the forget class's test accuracy, rest = the other classes of its "
             "dataset, other = the other datasets (each: before -> after unlearning); score: the paper's "
-            "(lower is better).\n\n" + table +
+            "(lower is better); rows of ds 'set': a set run's request (--protocol joint / sequential), its "
+            "classes' mean accuracy and the set score (docs/handover.md).\n\n" + table +
             "\n## Per class (mean ± std over seeds)\n\n" + class_table
             + (f"\nThe forgetting audit of every run, per class and method: {', '.join(compared)}.\n"
                if compared else ""))

@@ -89,10 +89,11 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
     backward, and accuracy is checked after every batch (recomputed only when a step changed the
     model); if no epoch ever improves, the result is the model as it was just before the last rollback.
 
-    For a set, the paper's rule generalised: the watched accuracy is the *largest* of the classes'
-    synthetic accuracies, so the loop stops once every class is at or below min_train_acc_stop, and an
-    epoch improves when it lowers the worst class. Synthetic images take turns by class (the first image
-    of each class, then the second, ...), so every batch holds every class. A set of one is the paper's loop.
+    For a set, the paper's rule generalised: an epoch improves when it lowers the accuracy on all the
+    forget images together (the paper's figure, on the pooled set), and the loop stops once every class
+    is at or below min_train_acc_stop (the largest of the classes' accuracies). Synthetic images take
+    turns by class (the first image of each class, then the second, ...), so every batch holds every
+    class. A set of one is the paper's loop.
     """
     model = tasks[0].model
     vis, txt = freeze(model, cfg.frozen)
@@ -114,11 +115,15 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
         xs = [t.train_view() for t in tasks]
         return torch.cat(xs), torch.cat([torch.full((len(x),), i) for i, x in enumerate(xs)])
 
-    def watch() -> tuple[float, list[float]]:
-        accs = [t.syn_accuracy() for t in tasks]
-        return max(accs), accs
+    weights = [len(t.images) if not real else 1 for t in tasks]
 
-    acc, accs = watch()
+    def watch() -> tuple[float, float, list[float]]:
+        """(pooled accuracy, the worst class's, each class's); one class: its accuracy thrice."""
+        accs = [t.syn_accuracy() for t in tasks]
+        pooled = accs[0] if len(accs) == 1 else sum(a * w for a, w in zip(accs, weights)) / sum(weights)
+        return pooled, max(accs), accs
+
+    acc, worst, accs = watch()
     acc_before = acc
     best_acc, best_std, stage = 1.0, 0.0, 0
     best: dict | None = None
@@ -157,8 +162,8 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
                         raise NonFiniteLoss(f"weights became non-finite at epoch {epoch} (std {std})",
                                             _summary(epochs, rollbacks, steps, acc_before, best_std))
                     epoch_steps += 1
-                    acc, accs = watch()  # the model changed: measure again
-                if acc <= cfg.min_train_acc_stop:
+                    acc, worst, accs = watch()  # the model changed: measure again
+                if worst <= cfg.min_train_acc_stop:
                     break
             epochs, steps = epochs + 1, steps + epoch_steps
             improved = acc < best_acc
@@ -181,7 +186,7 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
                 rollbacks += 1
                 stage += 1
             tasks[0].tick(epoch=epoch, std=std, syn_acc=f"{acc:.3f}", best=f"{best_acc:.3f}")
-            if stage >= len(cfg.stds) or acc <= cfg.min_train_acc_stop:
+            if stage >= len(cfg.stds) or worst <= cfg.min_train_acc_stop:
                 break
     summary = _summary(epochs, rollbacks, steps, acc_before, best_std)
     summary["no_epoch_improved"] = best is None

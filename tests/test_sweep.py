@@ -75,6 +75,27 @@ def reference(tiny_file, tmp_path_factory) -> tuple[Path, str]:
 
 
 # ---------------------------------------------------------------- expansion and shards (no job runs)
+def test_a_set_method_is_one_run_of_every_class_after_all_their_synthetic_sets(tmp_path):
+    spec = {"name": "x", "backbones": ["demo"], "datasets": ["Digits", "Shapes"], "seeds": [0, 1],
+            "classes": {"Shapes": ["red star", "blue star"], "Digits": ["three"]}, "datagen": {"s": {}},
+            "methods": {"alone": {"datagen": "s"}, "joint": {"datagen": "s", "train": {"protocol": "joint"}},
+                        "stream": {"datagen": None, "train": {"method": "improved", "protocol": "sequential"}}}}
+    sw = sweep.load_sweep(write_sweep(tmp_path, spec))
+    jobs = sweep.expand(sw, tmp_path / "results" / "x")
+    train = {(j.name, j.seed): j for j in jobs if j.kind == "train" and j.name != "alone"}
+    assert len([j for j in jobs if j.name == "alone"]) == 6 and len(train) == 4  # one set run per seed
+    joint = train[("joint", 0)]
+    argv = list(joint.argv)
+    assert argv[argv.index("--forget_labels") + 1] == "red star,blue star,three"  # the sweep's order
+    assert joint.classes == (("Shapes", "red star"), ("Shapes", "blue star"), ("Digits", "three"))
+    assert sorted(joint.needs) == sorted(j.id for j in jobs if j.kind == "datagen" and j.seed == 0)
+    assert train[("stream", 1)].needs == () and "sequential" in train[("stream", 1)].argv
+    # a shard holds a set run with every synthetic set it needs
+    for i in (1, 2, 3):
+        part = {j.id for j in sweep.shard(jobs, i, 3)}
+        assert all(set(j.needs) <= part for j in jobs if j.id in part)
+
+
 def test_expansion_makes_each_synthetic_set_once_and_shares_it(tmp_path):
     spec = {"name": "x", "backbones": ["demo", "RN50"], "datasets": ["Digits", "Shapes"], "seeds": [0, 1],
             "options": {"train": {"save_best_model": 1}},  # goes to every method
@@ -101,9 +122,9 @@ def test_expansion_makes_each_synthetic_set_once_and_shares_it(tmp_path):
         assert argv[argv.index("--forget_labels") + 1] == j.classname
         assert argv[argv.index("--run_ds") + 1] == "Digits,Shapes"  # evaluated on every dataset
         if j.name == "m4":
-            assert j.needs is None and "--generated_dir" not in argv
+            assert j.needs == () and "--generated_dir" not in argv
             continue
-        gen = by_id[j.needs]  # the synthetic set of its own backbone, class, seed and setting
+        gen = by_id[j.needs[0]]  # the synthetic set of its own backbone, class, seed and setting
         assert (gen.tag, gen.dataset, gen.classname, gen.seed, gen.name) == \
             (j.tag, j.dataset, j.classname, j.seed, sw.methods[j.name].datagen)
         assert argv[argv.index("--generated_dir") + 1] == gen.out
@@ -125,7 +146,7 @@ def test_shards_partition_the_jobs_and_share_nothing(tmp_path):
         assert sorted(ids) == sorted(j.id for j in jobs)  # every job in exactly one part
         for p in parts:
             own = {j.id for j in p}
-            assert all(j.needs in own for j in p if j.needs)  # each part makes the synthetic sets it uses
+            assert all(set(j.needs) <= own for j in p)  # each part makes the synthetic sets it uses
             assert [j for j in jobs if j.id in own] == p  # in the sweep's order
         sizes = [len(p) for p in parts]
         assert max(sizes) - min(sizes) <= 3  # a synthetic set and its two methods stay together
