@@ -1,8 +1,7 @@
 """forget: make any open_clip model forget class names, with no image and no dataset, and hand it over.
 
 For a user who has names and nothing else: the forgotten names are removed in one request (as
-train.py --protocol joint) by a method that needs no image (`improved`, `textspace`; `projedit` for one
-name), against a keep set of names that must stay where they are (default: open_clip's 1,000 ImageNet
+train.py --protocol joint) by a method that needs no image (`improved`, `textspace`, `projedit`), against a keep set of names that must stay where they are (default: open_clip's 1,000 ImageNet
 class names), each in the context templates. The result is written as an open_clip model folder
 (export.py: plain open_clip loads it as local-dir:DIR) with a blast-radius report, the one audit figure
 that needs no image: how far the text embeddings of names outside both sets moved (in its
@@ -89,7 +88,7 @@ def unlearn(model: torch.nn.Module, tokenizer: Callable, forget: Sequence[str], 
     if twice or not forget:
         raise UserError(f"forget names '{twice[0]}' twice" if twice else "no name to forget")
     mod, cfg = configure(method, options)
-    if len(forget) > 1 and not hasattr(mod, "unlearn_set"):
+    if len(forget) > 1 and not methods.forgets_sets(mod, cfg):
         raise UserError(f"--method {method} forgets one name at a time (methods that forget a set: "
                         f"{', '.join(methods.SET_METHODS)})")
     ts = list(templates) if templates else template_set("simple")
@@ -171,7 +170,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="context templates: simple (a photo of a {}. and open_clip's 7), openai (its 80), or "
                         "';'-separated '{}' strings, the first the zero-shot one (default: simple)")
     p.add_argument("--method", default="improved", choices=methods.CHOICES,
-                   help="a method that needs no image: improved (= textspace), textspace, projedit (one name)")
+                   help="a method that needs no image: improved (= textspace), textspace, projedit")
     p.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must not exist, or be empty)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice (default: 0)")

@@ -233,9 +233,10 @@ def option_problems(args: argparse.Namespace) -> tuple[ModuleType, Any, list[str
     sides = methods.side_sets(mod, cfg)
     if sides and not args.generated_data:
         problems.append(f"--method {args.method} reads synthetic {' and '.join(sides)} sets: it needs --generated_data 1")
-    if getattr(args, "protocol", "per_class") == "joint" and not hasattr(mod, "unlearn_set"):
-        problems.append(f"--method {args.method} ({mod.NAME}) forgets one class at a time: it cannot run --protocol joint "
-                        f"(methods that can: {', '.join(methods.SET_METHODS)}); use --protocol sequential")
+    if getattr(args, "protocol", "per_class") == "joint" and not methods.forgets_sets(mod, cfg):
+        problems.append(f"--method {args.method} ({mod.NAME}) forgets one class at a time with these options: it "
+                        f"cannot run --protocol joint (methods that can: {', '.join(methods.SET_METHODS)}; "
+                        "projedit with --side text); use --protocol sequential")
     return mod, cfg, problems
 
 

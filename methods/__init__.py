@@ -104,6 +104,12 @@ def needs_images(mod: ModuleType, cfg: Any) -> bool:
     return bool(mod.needs_images(cfg) if hasattr(mod, "needs_images") else mod.NEEDS_IMAGES)
 
 
+def forgets_sets(mod: ModuleType, cfg: Any) -> bool:
+    """Can the method forget a set of classes in one run with this configuration (unlearn_set, and its
+    optional sets_ok(cfg))?"""
+    return hasattr(mod, "unlearn_set") and bool(getattr(mod, "sets_ok", lambda c: True)(cfg))
+
+
 def side_sets(mod: ModuleType, cfg: Any) -> list[str]:
     """Synthetic sets besides the forget set that the method reads with this configuration."""
     return list(getattr(mod, "side_sets", lambda c: [])(cfg))

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from common import UserError
 from methods.base import ForgetTask, MethodResult, option, too_small
-from methods.pieces import features, project, projection, row_form, unrelated_prompts
+from methods.pieces import features, kept_classes, project, projection, row_form, unrelated_prompts
 
 NAME = "projedit"
 SIDES = ("text", "image", "both")
@@ -130,16 +130,24 @@ def targets(kind: str, out_forget: torch.Tensor, out_others: torch.Tensor) -> to
 
 
 def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: torch.Tensor,
-         soft_in: list[torch.Tensor], cfg: Config) -> tuple[dict, dict]:
+         soft_in: list[torch.Tensor], cfg: Config, mean_of: list[tuple[int, torch.Tensor]] | None = None
+         ) -> tuple[dict, dict]:
     """The changed projection tensor (state-dict name -> value) of one side, and figures for the log.
     forget_in / keep_in / soft_in (groups): token rows or images; keep_in (the dataset's other classes)
-    also gives the `mean` target, their mean output."""
+    also gives the `mean` target, their mean output. `mean_of` (a set of classes): for consecutive blocks
+    of forget rows, (rows in the block, the rows whose mean output is their target: their dataset's kept
+    classes)."""
     name, _ = projection(model, side)
     h_f, h_k = features(model, side, forget_in), features(model, side, keep_in)
     h_s = [features(model, side, group) for group in soft_in if len(group)]
     y_f = project(model, side, h_f)
-    y_o = project(model, side, h_k) if cfg.target == "mean" else y_f
-    residual = cfg.strength * (targets(cfg.target, y_f, y_o) - y_f)
+    if cfg.target == "mean":
+        blocks = [(len(h_f), h_k)] if mean_of is None else [(n, features(model, side, rows)) for n, rows in mean_of]
+        starts = [sum(n for n, _ in blocks[:i]) for i in range(len(blocks))]
+        goal = torch.cat([targets("mean", y_f[a:a + n], project(model, side, h)) for a, (n, h) in zip(starts, blocks)])
+    else:
+        goal = targets(cfg.target, y_f, y_f)
+    residual = cfg.strength * (goal - y_f)
     delta = solve_edit(h_f, residual, h_k, h_s, cfg.null_tol, cfg.ridge)
     weight = dict(model.named_parameters())[name].detach()
     a = row_form(name, weight).double()
@@ -157,28 +165,43 @@ def edit(model: torch.nn.Module, side: str, forget_in: torch.Tensor, keep_in: to
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     """The edit of the chosen side(s), computed from the original model; the model is not changed."""
-    model, start = task.model, time.time()
+    return unlearn_set([task], cfg)
+
+
+def sets_ok(cfg: Config) -> bool:
+    """A set is edited on the text side only (the image side's retain sets are one dataset's)."""
+    return cfg.side == "text"
+
+
+def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
+    """The edit of every class of `tasks` in one solve: all their forget rows, the kept classes of every
+    dataset of the set as the hard keep set, each class mapped to its own dataset's kept mean."""
+    model, start = tasks[0].model, time.time()
     changed, summary = {}, {"steps": 0}
     was_training = model.training
     model.eval()
     try:
-        _edit_sides(task, cfg, changed, summary)
+        _edit_sides(tasks, cfg, changed, summary)
     finally:
         model.train(was_training)
     summary["seconds_edit"] = round(time.time() - start, 2)
     return MethodResult(changed, summary)
 
 
-def _edit_sides(task: ForgetTask, cfg: Config, changed: dict, summary: dict) -> None:
-    model, idx = task.model, task.class_index
+def _edit_sides(tasks: list[ForgetTask], cfg: Config, changed: dict, summary: dict) -> None:
+    task = tasks[0]
+    model = task.model
     if cfg.side in ("text", "both"):
-        others = [i for i in range(len(task.classnames)) if i != idx]
-        keep = task.tokens([task.prompts[i] for i in others])  # its dataset's classifier: kept exactly
-        soft = [list(task.other_prompts),  # the other datasets' classifiers
-                [p for i in others for p in task.class_prompts(task.classnames[i])[1:]],  # the other templates
-                unrelated_prompts([task], cfg.n_unrelated)]  # in the templates in turn
-        forget = task.tokens(task.class_prompts(task.classname))
-        c, figs = edit(model, "text", forget, keep, [task.tokens(g) for g in soft if g], cfg)
+        datasets = {t.dataset: t for t in tasks}.values()  # one task per dataset of the set
+        kept = {t.dataset: [t.prompts[i] for i in kept_classes(t, tasks)] for t in datasets}
+        hard = [p for ps in kept.values() for p in ps]  # the datasets' classifiers: kept exactly
+        soft = [[p for p in dict.fromkeys(p for t in tasks for p in t.other_prompts) if p not in set(hard)],
+                [p for t in datasets for i in kept_classes(t, tasks) for p in t.class_prompts(t.classnames[i])[1:]],
+                unrelated_prompts(tasks, cfg.n_unrelated)]  # in the templates in turn
+        rows = [t.class_prompts(t.classname) for t in tasks]
+        forget = task.tokens([p for r in rows for p in r])
+        mean_of = None if len(tasks) == 1 else [(len(r), task.tokens(kept[t.dataset])) for r, t in zip(rows, tasks)]
+        c, figs = edit(model, "text", forget, task.tokens(hard), [task.tokens(g) for g in soft if g], cfg, mean_of)
         changed.update(c)
         summary.update(figs)
     if cfg.side in ("image", "both"):

@@ -218,7 +218,7 @@ def test_an_exported_model_is_a_model_name_everywhere_also_from_an_offline_hub_c
 
 def test_export_needs_one_model_and_a_new_folder(exported, data_root, tmp_path):
     folder, _ = exported
-    with pytest.raises(UserError, match=r"forgets one class at a time: it cannot run --protocol joint"):
+    with pytest.raises(UserError, match=r"forgets one class at a time with these options: it cannot run --protocol joint"):
         train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--protocol", "joint", "--method", "hinge"))
     with pytest.raises(UserError, match=r"names 'three' 2 times"):
         train.main(argv(tmp_path / "run", data_root, f"{A},{B},{A}", "--protocol", "joint"))
@@ -260,3 +260,16 @@ def test_forget_py_forgets_a_name_from_a_list_and_writes_the_card(digits, data_r
     with pytest.raises(UserError, match=r"trains on synthetic images: forget.py takes methods that need none"):
         forget.main(["--model", "demo", "--classes", A, "--method", "faithful", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_projedit_edits_a_set_in_one_solve(data_root, tmp_path):
+    """The closed form on a set: every class's prompts mapped in one edit, each to its own dataset's kept
+    classes; the classes are forgotten on real test images and the kept classes hold."""
+    logs = train.main(argv(tmp_path / "run", data_root, ",".join(c for _, c in SET), "--protocol", "joint",
+                           "--method", "projedit"))
+    request = logs["Digits"][A]["request"]
+    assert logs["Digits"][A]["summary"]["text_forget_rows"] > 3  # every class's prompts in the one solve
+    for d, c in SET:
+        assert request["after"][d]["forgotten"][c] <= 0.25, request
+    for d in ("Digits", "Shapes"):
+        assert request["after"][d]["kept_acc"] >= request["before"][d]["kept_acc"] - 0.02, request
