@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from common import UserError
 from methods.base import ForgetTask, MethodResult, Snapshot, freeze, not_a_fraction, not_positive, optimise, option, \
     too_small
-from methods.pieces import lipschitz_loss, stop_rule, text_weights, tower_patterns
+from methods.pieces import kept_classes, lipschitz_loss, stop_rule, text_weights, tower_patterns
 from synthetic import augment
 from zeroshot import EVAL_SCALE, forget_margin, logits
 
@@ -111,22 +111,31 @@ def own_token_rows(prompt_tokens: torch.Tensor, idx: int, also: torch.Tensor | N
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     """Adam on the chosen tensors until the watched quantity is small enough or cfg.max_steps."""
-    model, images, idx, gen = task.model, task.images, task.class_index, task.generator
-    prompts = task.prompt_tokens
-    watch, stop_at = stop_rule(task, cfg, text_frozen=cfg.towers == "image")
-    retain = None
-    if cfg.retain_weight > 0:
-        keep = [i for i in range(len(task.classnames)) if i != idx]
-        retain = RetainTerm(model, task.retain, prompts, keep)
-    caption = task.tokens([task.caption] * min(len(images), cfg.batch_size)) if "lipschitz" in cfg.objective else None
+    return unlearn_set([task], cfg)
+
+
+def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
+    """The same on a set: each step sums every class's terms (a batch of its images against its dataset's
+    prompts, its retain term), and the stop rule must hold for every class (the largest watched value);
+    --towers token edits the own token rows of every class of the set."""
+    task = tasks[0]
+    model, gen = task.model, task.generator
+    rules = [stop_rule(t, cfg, text_frozen=cfg.towers == "image") for t in tasks]
+    watch, stop_at = (lambda: max(r() for r, _ in rules)), rules[0][1]
+    retain = [RetainTerm(model, t.retain, t.prompt_tokens, kept_classes(t, tasks)) if cfg.retain_weight > 0 else None
+              for t in tasks]
+    captions = [t.tokens([t.caption] * min(len(t.images), cfg.batch_size)) if "lipschitz" in cfg.objective else None
+                for t in tasks]
 
     vis, txt = freeze(model, cfg.frozen + tower_patterns(cfg.towers))
     named = vis + txt
     row_mask = None
     if cfg.towers == "token":
-        rows = own_token_rows(prompts, idx, task.tokens(task.other_prompts) if task.other_prompts else None)
+        rows = sorted({r for t in tasks for r in own_token_rows(
+            t.prompt_tokens, t.class_index, t.tokens(t.other_prompts) if t.other_prompts else None)})
         if not rows:
-            raise UserError(f"--towers token: every token of '{task.classname}' is used by another class's prompt "
+            names_ = ", ".join(f"'{t.classname}'" for t in tasks)
+            raise UserError(f"--towers token: every token of {names_} is used by another class's prompt "
                             "of the run; use --towers text for this class")
         emb = model.token_embedding.weight
         emb.requires_grad_(True)
@@ -138,21 +147,23 @@ def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
 
     def step() -> tuple[torch.Tensor, dict]:
-        pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
-        x = augment(images[pick], gen) if cfg.augment else images[pick]
-        w = text_weights(model, prompts)
-        hinge = hinge_loss(model, x, w, idx, cfg.hinge_margin)
-        loss = hinge
-        if caption is not None:
-            loss = loss + lipschitz_loss(model, x, caption[:len(x)], cfg.lipschitz_std, cfg.n_samples, gen, cfg.chunk)
-        kept = torch.zeros((), device=loss.device)
-        if retain is not None:
-            kept = retain(model, w)
-            loss = loss + cfg.retain_weight * kept
+        loss = hinge = kept = torch.zeros((), device=task.images.device)
+        for t, term, caption in zip(tasks, retain, captions):
+            pick = torch.randperm(len(t.images), generator=gen, device=gen.device)[:cfg.batch_size].to(t.images.device)
+            x = augment(t.images[pick], gen) if cfg.augment else t.images[pick]
+            w = text_weights(model, t.prompt_tokens)
+            h = hinge_loss(model, x, w, t.class_index, cfg.hinge_margin)
+            hinge, loss = hinge + h.detach(), loss + h
+            if caption is not None:
+                loss = loss + lipschitz_loss(model, x, caption[:len(x)], cfg.lipschitz_std, cfg.n_samples, gen,
+                                             cfg.chunk)
+            if term is not None:
+                r = term(model, w)
+                kept, loss = kept + r.detach(), loss + cfg.retain_weight * r
         loss.backward()
-        if row_mask is not None:  # only the class's own rows (Adam leaves zero-gradient rows alone)
+        if row_mask is not None:  # only the classes' own rows (Adam leaves zero-gradient rows alone)
             params[0].grad.masked_fill_(row_mask, 0.0)
-        return loss, {"loss": loss.detach(), "hinge": hinge.detach(), "retain": kept.detach()}
+        return loss, {"loss": loss.detach(), "hinge": hinge, "retain": kept}
 
     start = time.time()
     with Snapshot(opt) as original:

@@ -65,34 +65,44 @@ def check(cfg: Config) -> list[str]:
 
 def unlearn(task: ForgetTask, cfg: Config) -> MethodResult:
     """Adam on -CE(forget) + retain_weight * CE(retain) until the forget images are forgotten."""
-    model, images, idx, gen = task.model, task.images, task.class_index, task.generator
+    return unlearn_set([task], cfg)
+
+
+def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
+    """The same on a set: each step sums every class's terms (a batch of its images against its dataset's
+    prompts, its retain images), and the stop rule must hold for every class (the largest watched value)."""
+    task = tasks[0]
+    model, gen = task.model, task.generator
     vis, txt = freeze(model, cfg.frozen + tower_patterns(cfg.towers))
     names = {p: n for n, p in vis + txt}
     params = list(names)
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
-    labels = torch.full((min(cfg.batch_size, len(images)),), idx, device=images.device)
-    t = cfg.scale / EVAL_SCALE
-    watch, stop_at = stop_rule(task, cfg, text_frozen=cfg.towers == "image")
-    before = task.syn_accuracy() if cfg.stop != "acc" else None  # with --stop acc, the watched value
+    labels = [torch.full((min(cfg.batch_size, len(t.images)),), t.class_index, device=t.images.device) for t in tasks]
+    t_scale = cfg.scale / EVAL_SCALE
+    rules = [stop_rule(t, cfg, text_frozen=cfg.towers == "image") for t in tasks]
+    watch, stop_at = (lambda: max(r() for r, _ in rules)), rules[0][1]
+    syn_accuracy = lambda: max(t.syn_accuracy() for t in tasks)  # noqa: E731
+    before = syn_accuracy() if cfg.stop != "acc" else None  # with --stop acc, the watched value
 
     def step() -> tuple[torch.Tensor, dict]:
-        pick = torch.randperm(len(images), generator=gen, device=gen.device)[:cfg.batch_size].to(images.device)
-        w = text_weights(model, task.prompt_tokens)
-        forget_ce = F.cross_entropy(logits(model, images[pick], w) * t, labels[:len(pick)])
-        loss = -forget_ce
-        retain_ce = torch.zeros((), device=loss.device)
-        if cfg.retain_weight > 0:
-            r = torch.randperm(len(task.retain), generator=gen, device=gen.device)[:cfg.batch_size]
-            r = r.to(task.retain.device)
-            retain_ce = F.cross_entropy(logits(model, task.retain[r], w) * t, task.retain_labels[r])
-            loss = loss + cfg.retain_weight * retain_ce
+        loss = forget_ce = retain_ce = torch.zeros((), device=task.images.device)
+        for t, label in zip(tasks, labels):
+            pick = torch.randperm(len(t.images), generator=gen, device=gen.device)[:cfg.batch_size].to(t.images.device)
+            w = text_weights(model, t.prompt_tokens)
+            ce = F.cross_entropy(logits(model, t.images[pick], w) * t_scale, label[:len(pick)])
+            forget_ce, loss = forget_ce + ce.detach(), loss - ce
+            if cfg.retain_weight > 0:
+                r = torch.randperm(len(t.retain), generator=gen, device=gen.device)[:cfg.batch_size]
+                r = r.to(t.retain.device)
+                kept = F.cross_entropy(logits(model, t.retain[r], w) * t_scale, t.retain_labels[r])
+                retain_ce, loss = retain_ce + kept.detach(), loss + cfg.retain_weight * kept
         loss.backward()
-        return loss, {"forget_ce": forget_ce.detach(), "retain_ce": retain_ce.detach()}
+        return loss, {"forget_ce": forget_ce, "retain_ce": retain_ce}
 
     start = time.time()
     with Snapshot(opt) as original:
         steps, trace, first, value = optimise(task, opt, params, cfg.max_steps, step, watch, stop_at, original)
-        after = value if cfg.stop == "acc" else task.syn_accuracy()
+        after = value if cfg.stop == "acc" else syn_accuracy()
         changed = original.changed(names)
     return MethodResult(changed, {"steps": steps, "acc_syn_before": first if before is None else before,
                                   "acc_syn_final": after, "seconds_loop": round(time.time() - start, 1),

@@ -273,3 +273,18 @@ def test_projedit_edits_a_set_in_one_solve(data_root, tmp_path):
         assert request["after"][d]["forgotten"][c] <= 0.25, request
     for d in ("Digits", "Shapes"):
         assert request["after"][d]["kept_acc"] >= request["before"][d]["kept_acc"] - 0.02, request
+
+
+@pytest.mark.parametrize("method", ["hinge", "neggrad"])
+def test_gradient_methods_forget_a_set_in_one_run(method, data_root, tmp_path):
+    """hinge and neggrad on a set: each step sums every class's terms, and the stop rule holds for every class
+    (here on the classes' real training images, --generated_data 0, so that no synthetic set is needed)."""
+    logs = train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--protocol", "joint", "--method", method,
+                           "--generated_data", "0", "--max_steps", "40"))
+    request = logs["Digits"][A]["request"]
+    assert logs["Digits"][A]["summary"]["steps"] < 40  # stopped by the rule: every class at its threshold
+    assert logs["Digits"][A]["summary"]["watch_final" if method == "hinge" else "acc_syn_final"] <= 0.1
+    for d, c in ((d, c) for d, c in SET if c != SIBLING):
+        assert request["after"][d]["forgotten"][c] <= 0.10, request  # real test images
+    for d in ("Digits", "Shapes"):
+        assert request["after"][d]["kept_acc"] >= request["before"][d]["kept_acc"] - 0.03, request
