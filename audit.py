@@ -55,6 +55,7 @@ import torch
 from common import ArgumentParser, UserError, _atomic, check_all, check_device, check_writable, default_data_root, \
     default_device, file_hash, run_cli
 from datasets import DatasetSplits, build_datasets
+from export import add_audit, read_info
 from models import LoadedModel, applied, check_model, load_model, towers_changed
 from probes import ORACLE, ORIGINAL, UNLEARNED, AuditConfig, Case, Figure, Subject, blast_prompts, class_accuracy, \
     figures, run_probes
@@ -183,7 +184,25 @@ def audit_run(run: RunFolder, auditor: Auditor, seed: int | None = None, redo: b
         audit.setdefault(ds, {})[cls] = {"model_sha1": sha, **entry}
         run.write_audit(split, audit)  # after every class: an interruption loses nothing finished
         print(summary_line(ds, cls, entry))
+    exported = args.get("export")
+    made_here = (read_info(f"local-dir:{exported}") or {}).get("run_folder") if exported else None
+    if made_here and split == "test" and Path(made_here).resolve() == run.path.resolve():
+        add_audit(exported, headline(audit, run.finished()))
+        print(f"the audit's headline is in {Path(exported) / 'unlearning.json'} and its model card")
     return audit
+
+
+def headline(audit: dict, classes: list[tuple[str, str]]) -> dict[str, str]:
+    """The figures an exported model's card shows, per forgotten class: name, alias, linear probe and the
+    blast radius, original -> unlearned."""
+    out = {}
+    for ds, cls in classes:
+        e = audit.get(ds, {}).get(cls)
+        if e:
+            b, a = e[ORIGINAL], e[UNLEARNED]
+            out[f"{ds}/{cls}"] = ", ".join(f"{k} {fmt(b.get(k))} → {fmt(a.get(k))}" for k in ("name", "alias", "probe")) \
+                + f", blast {fmt(a.get('blast_mean'))} ({a.get('blast_count')}/{e.get('blast_prompts')} prompts moved)"
+    return out
 
 
 def fmt(v: Any, digits: int = 3) -> str:

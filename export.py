@@ -5,7 +5,8 @@ with no code of this project (`open_clip.create_model_and_transforms("local-dir:
     open_clip_config.json        the model config and preprocessing (open_clip.push_to_hf_hub.save_config_for_hf)
     open_clip_model.safetensors  every tensor of the unlearned model
     unlearning.json              what was forgotten and how: the base model and its weights' hash, the classes,
-                                 the protocol, the method and its full config, the seed, the project's commit
+                                 the protocol, the method and its full config, the seed, the project's commit,
+                                 and the audit's headline once audit.py has audited the run (add_audit)
     README.md                    a model card, with the YAML header the Hub reads
 
 open_clip's save_for_hf also saves a Hugging Face tokenizer, which open_clip's own BPE tokenizer (RN50,
@@ -24,7 +25,7 @@ import safetensors.torch
 import torch
 from open_clip.push_to_hf_hub import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, save_config_for_hf
 
-from common import REPO, atomic_write_json
+from common import REPO, atomic_write_json, atomic_write_text
 
 INFO, CARD = "unlearning.json", "README.md"
 
@@ -83,12 +84,23 @@ def model_card(info: dict) -> str:
              f"- base weights' hash: `{info['base_model']['weights_sha1']}`; project commit `{info['commit']}`",
              "- the full configuration is in `unlearning.json`", ""]
     if audit:
-        lines += ["Audit (forgotten classes' test accuracy, original → unlearned):", ""] + \
+        lines += ["Audit (original → unlearned, on the forgotten classes' test images; blast: text embeddings of "
+                  "prompts outside the run that moved):", ""] + \
                  [f"- {k}: {v}" for k, v in audit.items()] + [""]
     lines += ["```python", "import open_clip",
               "model, _, preprocess = open_clip.create_model_and_transforms(\"local-dir:PATH\")  # or hf-hub:USER/REPO",
               "tokenizer = open_clip.get_tokenizer(\"local-dir:PATH\")", "```", ""]
     return "\n".join(lines)
+
+
+def add_audit(folder: str | Path, headline: dict[str, str]) -> None:
+    """Put the audit's headline figures (`headline`: label -> text) into an exported folder's unlearning.json
+    and model card, each file replaced whole."""
+    folder = Path(folder)
+    info = json.loads((folder / INFO).read_text())
+    info["audit"] = headline
+    atomic_write_json(folder / INFO, info)
+    atomic_write_text(folder / CARD, model_card(info))
 
 
 def weights_file(name: str) -> Path:

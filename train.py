@@ -1,10 +1,12 @@
-"""train: forget classes of a CLIP model, one class at a time, and evaluate (SPEC §2-3).
+"""train: forget classes of a CLIP model and evaluate (SPEC §2-3).
 
-For each forget class: load its forget images (synthetic by default), let the chosen method
+For each forget request: load its forget images (synthetic by default), let the chosen method
 (`methods/`; default `lipschitz`, the paper's) compute the unlearned model's changed tensors,
 evaluate that model on the real test sets of every evaluation dataset, save the changed tensors
-and log everything. The model is restored before the next class: each class is forgotten from
-the original model, as in the paper.
+and log everything. With --protocol per_class (the default, the paper's benchmark) a request is one
+class, forgotten from the original model; joint makes one request of every class (one model);
+sequential makes a request of each class in turn, each from the model the previous one left
+(docs/handover.md).
 
     python train.py --backbone_arch demo --run_ds Digits,Shapes --output_dir results/results1/seed_0
     sh train.sh 1 1 0 1 25 0.1 "StanfordDogs,StanfordCars,Caltech101,OxfordFlowers" RN50
@@ -490,7 +492,7 @@ def export(lm: LoadedModel, run_folder: RunFolder, targets: list, args: argparse
                            "weights_sha1": weights_hash(lm.model)},
             "forgotten": [list(t) for t in targets], "protocol": args.protocol, "method": args.method,
             "method_config": settings["method_config"], "seed": args.seed,
-            "run_folder": str(run_folder.path), "commit": commit(), "audit": None}
+            "run_folder": str(run_folder.path.resolve()), "commit": commit(), "audit": None}
     with applied(lm.model, run_folder.load_delta(*targets[-1])["changed"]):
         path = export_model(lm.model, model_config(lm.name), args.export, info)
     print(f"exported the unlearned model to {path}: open_clip.create_model_and_transforms('local-dir:{path}')")

@@ -15,6 +15,8 @@ import pytest
 import audit
 import clip_forget_utils
 import datagen
+import forget
+import methods
 import sweep
 import train
 import zeroshot
@@ -22,7 +24,7 @@ from common import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PARSERS = {"train.py": train.parse_args, "datagen.py": datagen.parse_args, "zeroshot.py": zeroshot.parse_args,
-           "audit.py": audit.parse_args, "sweep.py": sweep.parse_args}
+           "audit.py": audit.parse_args, "sweep.py": sweep.parse_args, "forget.py": forget.parse_args}
 
 
 def shown_commands() -> list[tuple[str, list[str]]]:
@@ -69,6 +71,10 @@ def check(where: str, script: str, argv: list[str]) -> None:
         assert train.option_problems(args)[2] == [], where
     elif script == "datagen.py":
         assert datagen.option_problems(args) == [], where
+    elif script == "forget.py":
+        forget.template_set(args.templates)
+        forget.configure(args.method, {k: getattr(args, k) for k in methods.option_fields()
+                                       if getattr(args, k, None) is not None})
     elif script == "sweep.py":
         path = Path(args.sweep)
         assert (REPO / path).is_file(), f"{where}: no sweep file {path}"
@@ -89,7 +95,7 @@ def test_every_command_in_the_docs_parses(tmp_path):
             assert (REPO / words[1]).is_file(), where
     # the docs show every script of the pipeline
     assert {"train.py", "datagen.py", "zeroshot.py", "audit.py", "sweep.py", "clip_forget_utils.py", "train.sh",
-            "datagen.sh"} <= scripts, scripts
+            "datagen.sh", "forget.py"} <= scripts, scripts
     assert len(commands) >= 20
 
 

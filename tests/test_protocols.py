@@ -288,3 +288,22 @@ def test_gradient_methods_forget_a_set_in_one_run(method, data_root, tmp_path):
         assert request["after"][d]["forgotten"][c] <= 0.10, request  # real test images
     for d in ("Digits", "Shapes"):
         assert request["after"][d]["kept_acc"] >= request["before"][d]["kept_acc"] - 0.03, request
+
+
+def test_the_audit_headline_goes_into_the_exported_card(exported, tmp_path):
+    """audit.py on a run that exported its model adds the audit's headline to unlearning.json and the card."""
+    import shutil
+
+    import audit
+    from probes import ORIGINAL, UNLEARNED
+    folder, _ = exported
+    copy = tmp_path / "forgot"
+    shutil.copytree(folder, copy)
+    entry = {ORIGINAL: {"name": 0.972, "alias": 0.972, "probe": 1.0}, "blast_prompts": 998,
+             UNLEARNED: {"name": 0.0, "alias": 0.028, "probe": 0.95, "blast_mean": 0.012, "blast_count": 30}}
+    audit.add_audit(copy, audit.headline({"Digits": {A: entry}}, [("Digits", A), ("Shapes", B)]))
+    info = json.loads((copy / "unlearning.json").read_text())
+    assert info["audit"] == {f"Digits/{A}": "name 0.972 → 0.000, alias 0.972 → 0.028, probe 1.000 → 0.950, "
+                                            "blast 0.012 (30/998 prompts moved)"}
+    assert f"- Digits/{A}: name 0.972 → 0.000" in (copy / "README.md").read_text()
+    assert info["run_folder"] == str((folder.parent / "run").resolve())
