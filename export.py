@@ -52,7 +52,8 @@ def commit() -> str:
 
 def export_model(model: torch.nn.Module, model_cfg: dict, out: str | Path, info: dict) -> Path:
     """Write `model` (as it is now) into the folder `out` in open_clip's layout, with `info` as unlearning.json
-    and a model card. The folder appears whole or not at all (written beside it, then renamed)."""
+    and a model card. The folder appears whole or not at all (written beside it, then renamed; a folder
+    already there is replaced)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -62,9 +63,12 @@ def export_model(model: torch.nn.Module, model_cfg: dict, out: str | Path, info:
         save_config_for_hf(model, tmp / HF_CONFIG_NAME, model_config=model_cfg)
         atomic_write_json(tmp / INFO, info)
         (tmp / CARD).write_text(model_card(info))
-        if out.exists():  # validated empty by the caller
-            out.rmdir()
+        old = None
+        if out.exists():  # validated by the caller: empty, or an earlier export of the same run
+            old = out.rename(out.parent / f".{out.name}.old.{tmp.name}")
         tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,7 +35,7 @@ from datasets import DatasetSplits, build_datasets
 from datasets.base import load_rgb
 from forget_cls import default_eval_ds, resolve_targets
 from methods.base import ForgetTask, MethodResult, NonFiniteLoss
-from export import commit, export_model, weights_hash
+from export import INFO, commit, export_model, read_info, weights_hash
 from models import LoadedModel, applied, arch_settings, check_model, config_image_size, load_model, model_config, \
     resolve_arch, towers_changed
 from runs import RunFolder
@@ -291,15 +291,18 @@ def validate(args: argparse.Namespace) -> tuple[dict, list, ModuleType, Any, dic
 
 
 def export_problems(args: argparse.Namespace, targets: list) -> list[str]:
-    """--export writes one model: the only class's, or the last request's of a sequential run; into a new
-    or empty folder."""
+    """--export writes one model: the only class's, the set's, or the last request's of a sequential run;
+    into a new or empty folder, or over an earlier export of the same run folder."""
     problems = []
     if args.protocol == "per_class" and len(targets) > 1:
         problems.append(f"--export writes one model, and --protocol per_class makes one per class ({len(targets)}): "
                         "forget one class, or use --protocol joint or sequential")
     out = Path(args.export)
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        problems.append(f"--export {out} exists and is not an empty folder: choose a new one")
+    earlier = read_info(f"local-dir:{out}") if (out / INFO).is_file() else None  # a rerun exports again
+    same_run = earlier is not None and Path(earlier.get("run_folder", "")).resolve() == Path(args.output_dir).resolve()
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not same_run):
+        problems.append(f"--export {out} exists and is not an empty folder or an earlier export of this run: "
+                        "choose a new one")
     return problems + check_writable(str(out.parent) if str(out.parent) else ".")
 
 

@@ -219,15 +219,21 @@ def test_an_exported_model_is_a_model_name_everywhere_also_from_an_offline_hub_c
 def test_export_needs_one_model_and_a_new_folder(exported, data_root, tmp_path):
     folder, _ = exported
     with pytest.raises(UserError, match=r"forgets one class at a time with these options: it cannot run --protocol joint"):
-        train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--protocol", "joint", "--method", "hinge"))
+        train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--protocol", "joint", "--method", "projedit",
+                        "--side", "image"))
     with pytest.raises(UserError, match=r"names 'three' 2 times"):
         train.main(argv(tmp_path / "run", data_root, f"{A},{B},{A}", "--protocol", "joint"))
     with pytest.raises(UserError, match=r"holds the joint request .* not this run's set"):
         train.main(argv(folder.parent / "run", data_root, f"{A},{B}", "--protocol", "joint"))
     with pytest.raises(UserError, match=r"--export writes one model, and --protocol per_class makes one per class"):
         train.main(argv(tmp_path / "run", data_root, f"{A},{B}", "--export", str(tmp_path / "new")))
-    with pytest.raises(UserError, match=r"exists and is not an empty folder"):
+    with pytest.raises(UserError, match=r"exists and is not an empty folder or an earlier export of this run"):
         train.main(argv(tmp_path / "run", data_root, A, "--export", str(folder)))
+    # the same run again: its requests are skipped and its model exported again, the same
+    before = (folder / "open_clip_model.safetensors").read_bytes()
+    train.main(argv(folder.parent / "run", data_root, ",".join(c for _, c in SET), "--protocol", "joint",
+                    "--export", str(folder)))
+    assert (folder / "open_clip_model.safetensors").read_bytes() == before
     with pytest.raises(UserError, match=r"has no open_clip_config.json: not an open_clip model folder"):
         train.main(argv(tmp_path / "run2", data_root, A) + ["--backbone_arch", f"local-dir:{tmp_path}"])
 
