@@ -99,7 +99,7 @@ class Auditor:
 
         def case(subject: Subject, target: float, references: dict) -> Case:
             return Case(subject, self.original, ds, classname, others, self.prompts, target, seed,
-                        blast=subject.label != ORACLE, references=references)
+                        blast=subject.label != ORACLE, references=references, left_out=left_out)
         memo = (ds_name, classname, seed, left_out)
         if memo not in self.done:  # with the original weights, before any change
             idx = ds.classnames.index(classname)

@@ -167,6 +167,12 @@ class Case:
     seed: int
     blast: bool = True  # False for a model trained apart (the oracle): it moves every prompt
     references: dict = field(default_factory=dict)  # the figures of the models audited before (original, oracle)
+    left_out: tuple = ()  # (dataset, class) of every class the model forgot with this one (a set): not kept
+
+    def kept(self, ds: DatasetSplits, labels: torch.Tensor) -> torch.Tensor:
+        """True for the labels of `ds` that are neither this class nor another class of the set."""
+        gone = [ds.classnames.index(c) for d, c in {*self.left_out, (self.ds.name, self.classname)} if d == ds.name]
+        return ~torch.isin(labels, torch.tensor(gone, dtype=labels.dtype))
 
     @property
     def cfg(self) -> AuditConfig:
@@ -228,18 +234,22 @@ def linear_probe_figure(c: Case) -> dict:
     return {"probe": float((c.subject.probe_predictions(c.ds)[c.mask.numpy()] == c.idx).mean())}
 
 
-@probe(Figure("rest", "rest", "accuracy on the dataset's other classes", compare=False))
+@probe(Figure("rest", "rest", "accuracy on the dataset's other classes (of a set run: those not forgotten)",
+              compare=False))
 def rest_probe(c: Case) -> dict:
-    preds, labels = c.predictions[~c.mask], c.split[1][~c.mask]
+    keep = c.kept(c.ds, c.split[1])
+    preds, labels = c.predictions[keep], c.split[1][keep]
     return {"rest": preds.eq(labels).float().mean().item()}
 
 
-@probe(Figure("other", "other datasets", "mean accuracy on each other dataset the run evaluates", compare=False))
+@probe(Figure("other", "other datasets", "mean accuracy on each other dataset the run evaluates (without a set "
+              "run's forgotten classes)", compare=False))
 def other_probe(c: Case) -> dict:
     others = {}
     for o in c.others:
         f, y = c.subject.features(o, c.cfg.split)
-        others[o.name] = (f @ c.subject.classifier(o)).argmax(-1).eq(y).float().mean().item()
+        keep = c.kept(o, y)
+        others[o.name] = (f[keep] @ c.subject.classifier(o)).argmax(-1).eq(y[keep]).float().mean().item()
     return {"others": others, "other": float(np.mean(list(others.values()))) if others else None}
 
 

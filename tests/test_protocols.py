@@ -313,3 +313,16 @@ def test_the_audit_headline_goes_into_the_exported_card(exported, tmp_path):
                                             "blast 0.012 (30/998 prompts moved)"}
     assert f"- Digits/{A}: name 0.972 → 0.000" in (copy / "README.md").read_text()
     assert info["run_folder"] == str((folder.parent / "run").resolve())
+
+
+def test_the_audit_of_a_set_keeps_none_of_its_classes(digits, shapes):
+    """audit.py on a set run: the rest of a class's dataset and the other datasets leave out the whole set."""
+    from probes import Case
+    case = Case(None, None, shapes, B, [digits], (), 0.0, 0, left_out=tuple(SET))
+    labels = torch.arange(len(shapes.classnames))
+    kept = [shapes.classnames[i] for i in labels[case.kept(shapes, labels)]]
+    assert B not in kept and SIBLING not in kept and len(kept) == len(shapes.classnames) - 2
+    digit_labels = torch.arange(len(digits.classnames))
+    assert [digits.classnames[i] for i in digit_labels[~case.kept(digits, digit_labels)]] == [A]
+    alone = Case(None, None, shapes, B, [digits], (), 0.0, 0)  # a one-class run: only the class itself
+    assert int((~alone.kept(shapes, labels)).sum()) == 1 and bool(alone.kept(digits, digit_labels).all())
