@@ -455,7 +455,10 @@ def mean_std_markdown(agg: pd.DataFrame, columns: Sequence[str], digits: int = 3
 def class_means(runs: pd.DataFrame, columns: Sequence[str], keys: Sequence[str] = ("method",),
                 ddof: int = 1) -> pd.DataFrame:
     """Per group of `keys` (a method): the mean over its forget classes of each column, then mean and
-    std over seeds (mean_std layout; n_classes: the fewest classes a seed has): one line per method."""
+    std over seeds (mean_std layout; n_classes: the fewest classes a seed has): one line per method. A set
+    run's summary rows (ds "set") are no class: left out."""
+    if "ds" in runs.columns:
+        runs = runs[runs["ds"] != SET_ROW]
     keys, shown = list(keys), [c for c in columns if c in runs.columns]
     per_seed = runs.groupby([*keys, "seed"], sort=False).agg(
         n_classes=("name", "nunique"), **{c: (c, "mean") for c in shown}).reset_index()

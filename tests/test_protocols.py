@@ -153,6 +153,11 @@ def test_a_joint_run_has_a_row_per_class_and_a_set_row_with_the_set_score(export
     assert compute_avg_gain(df).iloc[-1] == pytest.approx((row["cls_forget"] / row["cls_Noforget"] + sum(drops)) / 3)
     # a class's row: the rest of its dataset leaves out the set's other classes
     assert df.iloc[1]["full_forget"] == pytest.approx(request["after"]["Shapes"]["kept_acc"])
+    # the summary row is no class of the comparison's mean over classes
+    from clip_forget_utils import class_means
+    means = class_means(df.assign(method="improved", seed=0), ["cls_forget"])
+    assert means["n_classes"].tolist() == [3]
+    assert means["cls_forget_mean"].iloc[0] == pytest.approx(df["cls_forget"].iloc[:3].mean())
 
 
 def test_the_exported_folder_loads_in_plain_open_clip_with_the_unlearned_models_logits(exported, demo, shapes,
