@@ -25,11 +25,12 @@ demo: $(STAMP)
 	$(PY) clip_forget_utils.py results/results1/seed_0/ results/results1_improved/seed_0/ --all_res 1
 	$(PY) clip_forget_utils.py compare results/results1 results/results1_improved
 
-# two workers (pytest-xdist; a test file stays on one worker, so its fixtures are made once), one thread
+# two workers (pytest-xdist; a test file stays on one worker, so its fixtures are made once; the longest
+# files first: tests/conftest.py LONGEST_FIRST), one thread
 # each, and passive OpenMP waits: the demo CLIP trains with 2 threads beside the other worker, and spinning
 # OpenMP threads of two processes on a small machine slow both down several times
 test: $(STAMP)
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_datagen.py

@@ -20,6 +20,18 @@ from common import default_data_root  # noqa: E402
 ORACLE_LEFT_OUT = [("Shapes", "red star")]
 
 
+# The test files that take longest, run first: with two workers (make test: pytest -n 2 --dist loadfile
+# --no-loadscope-reorder) a file stays on one worker, so the longest one started last would leave the other
+# worker idle at the end (test_sweep.py alone takes about 5 minutes)
+LONGEST_FIRST = ("test_sweep.py", "test_protocols.py", "test_audit.py", "test_reliability.py", "test_scale.py",
+                 "test_results.py", "test_datagen.py", "test_oracle.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 @pytest.fixture(scope="session")
 def data_root() -> str:
     return default_data_root()
