@@ -37,8 +37,8 @@ from common import ArgumentParser, UserError, add_common_args, check_all, check_
 from datasets import build_datasets
 from forget_cls import datagen_setting, resolve_targets
 from models import LoadedModel, check_model, config_image_size, load_model
-from synthetic import augment, clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, synthetic_path, \
-    synthetic_problems
+from synthetic import RETAIN_SCOPES, augment, clip_norm, model_view, pixel_bounds, read_synthetic, save_synthetic, \
+    synthetic_path, synthetic_problems
 from zeroshot import classifier_weights, forget_margin, logits, run_model_key
 
 
@@ -338,6 +338,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--retain_per_class", type=int, default=None,
                    help="with --method confident: also make retain/, this many images of every class of the forget "
                         "classes' datasets (another noise seed), for train.py's retain terms (default: 0 = none)")
+    g.add_argument("--retain_scope", default="own", choices=RETAIN_SCOPES,
+                   help="with --retain_per_class: retain sets of the forget classes' datasets (own), or of every "
+                        "dataset of --run_ds (all: for train.py --retain_scope all; default: own)")
     g.add_argument("--noise_seed", type=int, default=None,
                    help="seed of the starting noise only (default: --seed); a held-out set needs another one")
     return p.parse_args(argv)
@@ -365,6 +368,8 @@ def option_problems(args: argparse.Namespace) -> list[str]:
     for name in ("n_generated", "batch_size", "max_steps", "blur_every", "max_failed"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if args.retain_scope != "own" and not args.retain_per_class:
+        problems.append("--retain_scope needs --retain_per_class")
     if args.retain_per_class is not None and args.method != "confident":
         problems.append("--retain_per_class needs --method confident")
     elif args.retain_per_class is not None and args.retain_per_class < 0:
@@ -390,7 +395,7 @@ def plan(args: argparse.Namespace, datasets: dict, targets: list[tuple[str, str]
             SetPlan(out / "heldout", replace(cfg, n_generated=preset["heldout_n"]), seed + preset["heldout_seed_offset"],
                     targets)]
     if args.retain_per_class:
-        used = list(dict.fromkeys(d for d, _ in targets))
+        used = list(datasets) if args.retain_scope == "all" else list(dict.fromkeys(d for d, _ in targets))
         sets.append(SetPlan(out / "retain", replace(cfg, n_generated=args.retain_per_class),
                             seed + preset["retain_seed_offset"], [(d, c) for d in used for c in datasets[d].classnames]))
     return sets

@@ -29,7 +29,8 @@ LOGS, ARGS, BEFORE, MODELS = "logs.json", "args.txt", "zeroshot_before.json", "m
 SETTINGS = "settings"  # the reserved key of logs.json beside the dataset names
 # settings that must agree between runs writing into one folder (the rest may differ, e.g. --forget_labels),
 # besides the method's configuration as it ran (method_config)
-SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "seed", "debug", "method", "precision", "protocol")
+SETTINGS_KEYS = ("backbone_arch", "pretrained", "generated_data", "seed", "debug", "method", "precision", "protocol",
+                 "retain_scope")
 
 
 class RunFolder:

@@ -64,6 +64,11 @@ def safe_name(classname: str) -> str:
     return classname.replace("/", "_")
 
 
+# whose retain sets (datagen.py --retain_per_class, train.py's image-side methods): the forget classes' own
+# datasets, or every dataset of the run
+RETAIN_SCOPES = ("own", "all")
+
+
 def synthetic_path(out_dir: str | Path, dataset: str, classname: str) -> Path:
     return Path(out_dir) / dataset / f"{safe_name(classname)}.pt"
 

@@ -39,7 +39,7 @@ from export import INFO, commit, export_model, read_info, weights_hash
 from models import LoadedModel, applied, arch_settings, check_model, config_image_size, load_model, model_config, \
     resolve_arch, towers_changed
 from runs import RunFolder
-from synthetic import check_synthetic, clip_norm, file_record, model_view, noise_seed, read_synthetic, \
+from synthetic import RETAIN_SCOPES, check_synthetic, clip_norm, file_record, model_view, noise_seed, read_synthetic, \
     synthetic_path
 from zeroshot import (EVAL_SCALE, baselines, class_figures, classifier_weights, image_features, loader, logits, predict,
                       run_model_key)
@@ -204,6 +204,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "writes generated_<ARCH>_confident)")
     p.add_argument("--heldout_dir", default=None, help="held-out synthetic sets (default: <generated_dir>/heldout)")
     p.add_argument("--retain_dir", default=None, help="retain synthetic sets (default: <generated_dir>/retain)")
+    p.add_argument("--retain_scope", default="own", choices=RETAIN_SCOPES,
+                   help="the retain sets a method with a retain term keeps: of the forget class's dataset (own, "
+                        "default), or of every dataset the run evaluates (all: datagen.py --retain_scope all)")
     p.add_argument("--save_best_model", type=int, default=0, help="1: save the changed tensors of each best model")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="write the final unlearned model into DIR in open_clip's Hugging Face layout (plain open_clip "
@@ -351,9 +354,11 @@ def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: lis
                 problems.append(f"{synthetic_path(args.heldout_dir, d, c)} was made with the same noise seed as the "
                                 "forget set: a held-out set must come from another datagen run (--noise_seed)")
         if "retain" in sides:
-            for other in datasets[d].classnames:
-                if other != c:
-                    check(args.retain_dir, d, other)
+            gone = set(targets) if args.protocol == "joint" else {(d, c)}  # no forgotten class is kept
+            for name in retain_datasets(args, datasets, d):
+                for other in datasets[name].classnames:
+                    if (name, other) not in gone:
+                        check(args.retain_dir, name, other)
     if missing and not sides:
         problems.insert(0, f"no synthetic images for {len(missing)} class(es), e.g. {missing[0]}: "
                            "run datagen.py first (sh datagen.sh ...) or set --generated_dir")
@@ -362,6 +367,11 @@ def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: lis
                            f"('datagen.py --method confident' makes held-out and retain sets) "
                            f"or set --generated_dir / {' / '.join(SIDE_DIRS[s] for s in sides)}")
     return list(dict.fromkeys(problems))
+
+
+def retain_datasets(args: argparse.Namespace, datasets: dict, own: str) -> list[str]:
+    """The datasets whose retain sets a class of `own` keeps (--retain_scope), its own first."""
+    return [own] + ([n for n in datasets if n != own] if args.retain_scope == "all" else [])
 
 
 def run_settings(args: argparse.Namespace, cfg) -> dict:
@@ -486,6 +496,11 @@ def forget_task(lm: LoadedModel, datasets: dict[str, DatasetSplits], ds_name: st
     if "retain" in sides:
         r, labels = side_images(args.retain_dir, lm, ds, [c for c in ds.classnames if (ds_name, c) not in gone])
         task.retain, task.retain_labels = r.to(args.device), labels.to(args.device)
+        for name in retain_datasets(args, datasets, ds_name)[1:]:  # --retain_scope all: the other datasets too
+            other = datasets[name]
+            r, labels = side_images(args.retain_dir, lm, other, [c for c in other.classnames if (name, c) not in gone])
+            task.retain_elsewhere.append((r.to(args.device), labels.to(args.device),
+                                          lm.tokenizer([other.prompt(c) for c in other.classnames]).to(args.device)))
     return task
 
 

@@ -50,6 +50,8 @@ class ForgetTask:
     heldout: torch.Tensor | None = None  # held-out synthetic forget images (another noise seed)
     retain: torch.Tensor | None = None  # synthetic images of the dataset's other classes
     retain_labels: torch.Tensor | None = None  # their class indices
+    # --retain_scope all: (images, class indices, class prompt tokens) of each other dataset the run evaluates
+    retain_elsewhere: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     on_improved: Callable[[], dict] | None = None  # real-data figures of the current model (--debug 1)
     progress: tqdm | None = None
     templates: list = field(default_factory=list)  # every template of the dataset (str or callable); [] = [template]

@@ -124,6 +124,9 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
     watch, stop_at = (lambda: max(r() for r, _ in rules)), rules[0][1]
     retain = [RetainTerm(model, t.retain, t.prompt_tokens, kept_classes(t, tasks)) if cfg.retain_weight > 0 else None
               for t in tasks]
+    # --retain_scope all: the same term on each other dataset's retain images, with its own prompts
+    elsewhere = [[RetainTerm(model, x, tokens, sorted(set(labels.tolist()))) for x, labels, tokens in t.retain_elsewhere]
+                 if cfg.retain_weight > 0 else [] for t in tasks]
     captions = [t.tokens([t.caption] * min(len(t.images), cfg.batch_size)) if "lipschitz" in cfg.objective else None
                 for t in tasks]
 
@@ -148,7 +151,7 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
 
     def step() -> tuple[torch.Tensor, dict]:
         loss = hinge = kept = torch.zeros((), device=task.images.device)
-        for t, term, caption in zip(tasks, retain, captions):
+        for t, term, caption, others in zip(tasks, retain, captions, elsewhere):
             pick = torch.randperm(len(t.images), generator=gen, device=gen.device)[:cfg.batch_size].to(t.images.device)
             x = augment(t.images[pick], gen) if cfg.augment else t.images[pick]
             w = text_weights(model, t.prompt_tokens)
@@ -159,6 +162,9 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
                                              cfg.chunk)
             if term is not None:
                 r = term(model, w)
+                kept, loss = kept + r.detach(), loss + cfg.retain_weight * r
+            for other in others:
+                r = other(model)
                 kept, loss = kept + r.detach(), loss + cfg.retain_weight * r
         loss.backward()
         if row_mask is not None:  # only the classes' own rows (Adam leaves zero-gradient rows alone)

@@ -96,6 +96,10 @@ def unlearn_set(tasks: list[ForgetTask], cfg: Config) -> MethodResult:
                 r = r.to(t.retain.device)
                 kept = F.cross_entropy(logits(model, t.retain[r], w) * t_scale, t.retain_labels[r])
                 retain_ce, loss = retain_ce + kept.detach(), loss + cfg.retain_weight * kept
+                for x, y, tokens in t.retain_elsewhere:  # --retain_scope all: each other dataset, its own prompts
+                    r = torch.randperm(len(x), generator=gen, device=gen.device)[:cfg.batch_size].to(x.device)
+                    kept = F.cross_entropy(logits(model, x[r], text_weights(model, tokens)) * t_scale, y[r])
+                    retain_ce, loss = retain_ce + kept.detach(), loss + cfg.retain_weight * kept
         loss.backward()
         return loss, {"forget_ce": forget_ce, "retain_ce": retain_ce}
 

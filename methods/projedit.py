@@ -207,6 +207,10 @@ def _edit_sides(tasks: list[ForgetTask], cfg: Config, changed: dict, summary: di
     if cfg.side in ("image", "both"):
         if task.images is None or task.retain is None:
             raise UserError("projedit --side image needs the synthetic forget images and the retain sets")
-        c, figs = edit(model, "image", task.images, task.retain, [], cfg)
+        # --retain_scope all: every evaluated dataset's retain images are kept exactly too
+        # (the mean target stays the forget class's own dataset's)
+        keep = torch.cat([task.retain, *(x for x, _, _ in task.retain_elsewhere)])
+        own = [(len(task.images), task.retain)] if task.retain_elsewhere else None
+        c, figs = edit(model, "image", task.images, keep, [], cfg, own)
         changed.update(c)
         summary.update(figs)

@@ -279,3 +279,35 @@ def test_help_lists_every_method_option(capsys):
         assert name in text
         for f in fields(mod.Config):
             assert f"--{f.name}" in text
+
+
+def test_a_retain_set_that_spans_two_datasets_is_read_and_used(tmp_path, data_root, shape_sets, digits):
+    """--retain_scope all: an image-side method also keeps the retain sets of the run's other datasets (here
+    Digits beside the forget class's Shapes), each against its own dataset's prompts."""
+    import shutil
+
+    import datagen
+    from datasets import build_datasets
+    from synthetic import read_synthetic, save_synthetic, synthetic_path
+    gen = tmp_path / "gen"
+    shutil.copytree(shape_sets, gen)
+    args = ["--method", "neggrad", "--towers", "image", "--retain_weight", "1", "--stop", "margin", "--max_steps", "2",
+            "--stop_margin", "1000", "--eval_ds", "Shapes,Digits"]
+    with pytest.raises(UserError, match=r"no synthetic images for 10 file\(s\), e\.g\. .*retain/Digits/"):
+        _train(tmp_path, data_root, gen, "missing", *args, "--retain_scope", "all")
+    meta = read_synthetic(synthetic_path(gen, "Shapes", SHAPE))["meta"]
+    g = torch.Generator().manual_seed(1)
+    for i, c in enumerate(digits.classnames):
+        save_synthetic(synthetic_path(gen / "retain", "Digits", c), torch.randn(2, 3, 32, 32, generator=g),
+                       torch.ones(2), torch.ones(2, dtype=torch.long), torch.ones(2),
+                       {**meta, "dataset": "Digits", "classname": c, "class_index": i})
+    own = _train(tmp_path, data_root, gen, "own", *args)["Shapes"][SHAPE]["summary"]["trace"]
+    both = _train(tmp_path, data_root, gen, "all", *args, "--retain_scope", "all")["Shapes"][SHAPE]["summary"]["trace"]
+    # the same steps on the forget images; the retain term adds the Digits images' cross-entropy
+    assert own[0]["forget_ce"] == both[0]["forget_ce"] and both[0]["retain_ce"] > own[0]["retain_ce"] > 0
+    # datagen --retain_scope all plans retain sets of every dataset of --run_ds
+    a = datagen.parse_args(["--backbone_arch", "demo", "--run_ds", "Shapes,Digits", "--forget_labels", SHAPE,
+                            "--method", "confident", "--retain_per_class", "2", "--retain_scope", "all"])
+    datasets, _ = build_datasets("Shapes,Digits", data_root)
+    retain = datagen.plan(a, datasets, [("Shapes", SHAPE)], "demo")[-1]
+    assert {d for d, _ in retain.targets} == {"Shapes", "Digits"} and len(retain.targets) == 16 + 10
