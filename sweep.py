@@ -330,8 +330,10 @@ def expand(sweep: Sweep, root: str | Path) -> list[Job]:
                 for m in sweep.methods.values():
                     if m.datagen is not None and m.datagen not in made:
                         out = generated_dir(root, tag, m.datagen, seed)
-                        argv = [*ident, "--run_ds", ds, "--out_dir", str(out),
-                                *option_args(_datagen_options(sweep, m.datagen))]
+                        options = _datagen_options(sweep, m.datagen)
+                        # retain sets of every dataset (--retain_scope all) need datagen to read them all
+                        reads = run_ds if options.get("retain_scope") == "all" else ds
+                        argv = [*ident, "--run_ds", reads, "--out_dir", str(out), *option_args(options)]
                         made[m.datagen] = Job("datagen", m.datagen, tag, ds, cls, seed, tuple(argv), str(out),
                                               str(root))
                         sets.setdefault(m.datagen, []).append(made[m.datagen])

@@ -90,6 +90,10 @@ def test_a_set_method_is_one_run_of_every_class_after_all_their_synthetic_sets(t
     assert joint.classes == (("Shapes", "red star"), ("Shapes", "blue star"), ("Digits", "three"))
     assert sorted(joint.needs) == sorted(j.id for j in jobs if j.kind == "datagen" and j.seed == 0)
     assert train[("stream", 1)].needs == () and "sequential" in train[("stream", 1)].argv
+    # retain sets of every dataset: that synthetic-set job reads every dataset of the sweep
+    spec["datagen"]["s"] = {"method": "confident", "retain_per_class": 2, "retain_scope": "all"}
+    made = [j for j in sweep.expand(sweep.load_sweep(write_sweep(tmp_path, spec)), tmp_path / "r") if j.kind == "datagen"]
+    assert all(list(j.argv)[list(j.argv).index("--run_ds") + 1] == "Digits,Shapes" for j in made)
     # a shard holds a set run with every synthetic set it needs
     for i in (1, 2, 3):
         part = {j.id for j in sweep.shard(jobs, i, 3)}
