@@ -23,11 +23,11 @@ import interrupts  # noqa: F401  (first: Ctrl-C during the imports below is one 
 import argparse
 import json
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 import methods
 from common import ArgumentParser, UserError, check_all, check_device, check_writable, class_seed, default_device, \
@@ -35,7 +35,8 @@ from common import ArgumentParser, UserError, check_all, check_device, check_wri
 from export import commit, export_model, weights_hash
 from methods.base import ForgetTask, fill
 from methods.pieces import name_words, unrelated_words
-from models import applied, check_model, load_model, model_config, resolve_arch
+from models import applied, apply_changes, check_model, load_model, model_config, resolve_arch
+from zeroshot import build_classifier
 
 ZERO_SHOT = "a photo of a {}."  # open_clip's ImageNet zero-shot prompt, the first template
 NAMES = "names"  # the dataset name of a request made from names alone (unlearning.json, the seeds)
@@ -108,16 +109,7 @@ def unlearn(model: torch.nn.Module, tokenizer: Callable, forget: Sequence[str], 
     return result.changed
 
 
-def apply(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Put the tensors `unlearn` returned into `model` (in place, for good) and return it."""
-    state = model.state_dict()
-    unknown = [n for n in changed if n not in state]
-    if unknown:
-        raise UserError(f"changed tensor '{unknown[0]}' is not a parameter of this model")
-    with torch.no_grad():
-        for n, t in changed.items():
-            state[n].copy_(t)
-    return model
+apply = apply_changes  # put the tensors `unlearn` returned into the model, for good (models.apply_changes)
 
 
 @torch.no_grad()
@@ -128,21 +120,20 @@ def report(model: torch.nn.Module, tokenizer: Callable, changed: dict, forget: l
     stand-in the text-side methods use), and the blast radius on BLAST_PROMPTS names of the tokenizer's
     vocabulary that neither the keep set, the forget set nor the method's own `n_unrelated` unrelated
     prompts use (methods.pieces.unrelated_prompts: trained to stay, they would hide the damage)."""
-    def embed(prompts: list[str]) -> torch.Tensor:
-        device = next(model.parameters()).device
-        return torch.cat([F.normalize(model.encode_text(tokenizer(c).to(device)), dim=-1)
-                          for c in (prompts[i:i + 256] for i in range(0, len(prompts), 256))]).cpu()
-
-    def classifier() -> torch.Tensor:
-        return F.normalize(torch.stack([embed([fill(t, n) for t in ts]).mean(0) for n in forget + keep]), dim=-1)
-
+    device = str(next(model.parameters()).device)
+    every = [partial(fill, t) for t in ts]  # open_clip's classifier takes one kind of template: callables
     own = name_words(forget + keep)
     used = own | name_words(unrelated_words(tokenizer, n_unrelated, own) if n_unrelated else [])
-    blast = [fill(ts[0], w) for w in unrelated_words(tokenizer, BLAST_PROMPTS, used)]
-    model.eval()
-    w0, b0 = classifier(), embed(blast)
+    words = unrelated_words(tokenizer, BLAST_PROMPTS, used)
+    blast = [fill(ts[0], w) for w in words]
+
+    def embeddings() -> tuple[torch.Tensor, torch.Tensor]:
+        """(names' unit mean embeddings over the templates, the blast prompts' unit embeddings), rows, CPU."""
+        return (build_classifier(model, tokenizer, forget + keep, every, device).T.cpu(),
+                build_classifier(model, tokenizer, words, [partial(fill, ts[0])], device).T.cpu())
+    w0, b0 = embeddings()
     with applied(model, changed):
-        w1, b1 = classifier(), embed(blast)
+        w1, b1 = embeddings()
     proxy = w0[:len(forget)]  # each forgotten name's original embedding stands in for its images
     score = lambda w: (100 * proxy @ w.T).softmax(-1).diagonal()  # noqa: E731
     moved = (b1 - b0).pow(2).sum(-1) / 2
@@ -208,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         problems.append(f"--out {out} exists and is not an empty folder: choose a new one")
     try:
         ts, keep = template_set(args.templates), keep_names(args.keep, forget)
-        configure(args.method, options)
+        _, cfg = configure(args.method, options)
     except UserError as e:
         problems.append(str(e))
     check_all(problems)
@@ -217,7 +208,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"forgetting {', '.join(forget)} from {lm.name} ({lm.pretrained}); keeping {len(keep)} names in "
           f"{len(ts)} templates")
     changed = unlearn(lm.model, lm.tokenizer, forget, keep, args.method, ts, args.seed, **options)
-    _, cfg = configure(args.method, options)
     figures = report(lm.model, lm.tokenizer, changed, forget, keep, ts, getattr(cfg, "n_unrelated", 0))
     info = {"base_model": {"arch": lm.name, "tag": lm.tag, "pretrained": lm.pretrained,
                            "weights_sha1": weights_hash(lm.model)},

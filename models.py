@@ -280,14 +280,30 @@ def arch_settings(arch: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@contextmanager
-def applied(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> Iterator[None]:
-    """The model with `changed` tensors (state_dict names: an unlearned model's delta) in place of its
-    own, restored on exit."""
+def _state_for(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state_dict, once every name of `changed` is known to be in it."""
     state = model.state_dict()
     unknown = [n for n in changed if n not in state]
     if unknown:
         raise UserError(f"changed tensor '{unknown[0]}' is not a parameter of this model")
+    return state
+
+
+def apply_changes(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Put `changed` tensors (state_dict names: an unlearned model's delta) into the model for good, in
+    place; returns the model."""
+    state = _state_for(model, changed)
+    with torch.no_grad():
+        for n, t in changed.items():
+            state[n].copy_(t)
+    return model
+
+
+@contextmanager
+def applied(model: torch.nn.Module, changed: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The model with `changed` tensors (state_dict names: an unlearned model's delta) in place of its
+    own, restored on exit."""
+    state = _state_for(model, changed)
     kept = {n: state[n].clone() for n in changed}
     try:
         for n, t in changed.items():

@@ -354,7 +354,7 @@ def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: lis
                 problems.append(f"{synthetic_path(args.heldout_dir, d, c)} was made with the same noise seed as the "
                                 "forget set: a held-out set must come from another datagen run (--noise_seed)")
         if "retain" in sides:
-            gone = set(targets) if args.protocol == "joint" else {(d, c)}  # no forgotten class is kept
+            gone = forgotten_with(args, targets, (d, c))  # no forgotten class is kept
             for name in retain_datasets(args, datasets, d):
                 for other in datasets[name].classnames:
                     if (name, other) not in gone:
@@ -367,6 +367,11 @@ def check_synthetic_files(args: argparse.Namespace, datasets: dict, targets: lis
                            f"('datagen.py --method confident' makes held-out and retain sets) "
                            f"or set --generated_dir / {' / '.join(SIDE_DIRS[s] for s in sides)}")
     return list(dict.fromkeys(problems))
+
+
+def forgotten_with(args: argparse.Namespace, targets: list, target: tuple[str, str]) -> set[tuple[str, str]]:
+    """The classes a request that forgets `target` forgets: every target of a joint run, else the class."""
+    return set(targets) if args.protocol == "joint" else {target}
 
 
 def retain_datasets(args: argparse.Namespace, datasets: dict, own: str) -> list[str]:
@@ -409,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     requests = [targets] if args.protocol == "joint" else [[t] for t in targets]
     forgotten = [t for t in targets if t in run_folder.finished()] if sequential else []
     base = {n: t.to(args.device) for n, t in run_folder.load_delta(*forgotten[-1])["changed"].items()} if forgotten else {}
-    for request in requests:
+    for index, request in enumerate(requests, 1):
         if all(t in run_folder.finished() for t in request):
             print(f"{', '.join(f'{d}/{c}' for d, c in request)}: already in {run_folder.logs_file}, skipped")
             continue
@@ -437,8 +442,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       for t in tasks}
             if args.protocol != "per_class":
                 forgotten += [t for t in request if t not in forgotten]
-                info = {"request": {"protocol": args.protocol, "index": requests.index(request) + 1
-                                    if not sequential else len(forgotten),
+                info = {"request": {"protocol": args.protocol, "index": index,
                                     "classes": [list(t) for t in request],
                                     "before": set_before,
                                     "after": evaluator.set_figures(forgotten, changed)}}
@@ -473,7 +477,7 @@ def forget_task(lm: LoadedModel, datasets: dict[str, DatasetSplits], ds_name: st
     ds, idx = datasets[ds_name], datasets[ds_name].classnames.index(classname)
     x = forget[0].to(args.device) if forget[0] is not None else None
     seed = class_seed(args.seed, ds_name, classname)
-    gone = set(targets) if args.protocol == "joint" else {(ds_name, classname)}
+    gone = forgotten_with(args, targets, (ds_name, classname))
     task = ForgetTask(
         model=lm.model, tokenizer=lm.tokenizer, classnames=ds.classnames, template=ds.template, class_index=idx,
         templates=list(ds.templates), dataset=ds_name,
