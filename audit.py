@@ -56,7 +56,7 @@ from common import ArgumentParser, UserError, _atomic, check_all, check_device, 
     default_device, file_hash, run_cli
 from datasets import DatasetSplits, build_datasets
 from export import add_audit, read_info
-from models import LoadedModel, applied, check_model, load_model, towers_changed
+from models import DEMO_MODELS, LoadedModel, applied, check_model, load_model, towers_changed
 from probes import ORACLE, ORIGINAL, UNLEARNED, AuditConfig, Case, Figure, Subject, blast_prompts, class_accuracy, \
     figures, run_probes
 from runs import RunFolder
@@ -83,7 +83,7 @@ class Auditor:
         refs = [self.original]
         if self.oracle:
             from models import load_demo_oracle
-            refs.append(Subject(ORACLE, load_demo_oracle(list(left_out), self.device, self.data_root),
+            refs.append(Subject(ORACLE, load_demo_oracle(list(left_out), self.device, self.data_root, self.lm.name),
                                 self.device, self.cfg))
         return refs
 
@@ -343,8 +343,9 @@ def read_runs(folders: Sequence[str | Path], oracle: bool = False, data_root: st
             continue
         settings = run.settings()
         tag, model_problems = check_model(settings.get("backbone_arch", "?"), settings.get("pretrained"))
-        if oracle and tag != "demo":
-            model_problems.append(f"--oracle retrains the demo CLIP: {run.path} is a run of '{tag}'")
+        if oracle and tag not in DEMO_MODELS:
+            model_problems.append(f"--oracle retrains a demo CLIP ({', '.join(DEMO_MODELS)}): {run.path} is a run "
+                                  f"of '{tag}'")
         datasets, ds_problems = build_datasets(evaluated(settings), data_root or settings.get("data_root")
                                                or default_data_root())
         problems += [f"{run.path}: {p}" for p in model_problems + ds_problems]

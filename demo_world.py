@@ -1,7 +1,11 @@
-"""The embedded demo CLIP: a small open_clip model trained on CPU on Digits + Shapes.
+"""The embedded demo CLIPs: small open_clip models trained on CPU on Digits + Shapes.
 
-It lets the whole pipeline run for real without downloading anything. Training is
-deterministic for a seed; the weights are cached (see models.load_model) and never committed.
+They let the whole pipeline run for real without downloading anything. Each open_clip config of
+configs/models is one (models.DEMO_MODELS): `demo` has a ModifiedResNet image tower, like RN50, and
+`demo-vit` a ViT, like ViT-B/16; both have the same text tower. Every one is trained with the recipe of
+configs/demo_world.yaml: the same data, captions, augmentation and seed, and only the optimisation
+settings that a model's own entry there changes. Training is deterministic for a seed; the weights are
+cached (see models.load_model) and never committed.
 Each step contrasts a batch of images against one caption per class of both datasets: the class
 named by its name or, in a share of the captions, by one of its aliases, written with one of its
 dataset's templates (configs/datasets: ensemble_templates, aliases), drawn at random. So the text
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from common import REPO, check_all, close_names, seed_everything
+from common import REPO, UserError, check_all, close_names, seed_everything
 from datasets import Datum, build_dataset
 from datasets.base import load_rgb
 from synthetic import clip_norm
@@ -35,8 +39,18 @@ from synthetic import clip_norm
 CONFIG = REPO / "configs" / "demo_world.yaml"
 
 
-def demo_config() -> dict:
-    return yaml.safe_load(CONFIG.read_text())
+# what a model's own entry of demo_world.yaml `models` may change: how it is optimised, never what it learns from
+OWN_SETTINGS = ("epochs", "lr", "weight_decay")
+
+
+def demo_config(arch: str = "demo") -> dict:
+    """The training recipe of demo CLIP `arch`: configs/demo_world.yaml, its model's own entry over the rest."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    own = (cfg.pop("models", None) or {}).get(arch) or {}
+    wrong = sorted(set(own) - set(OWN_SETTINGS))
+    if wrong:  # a misspelt or a data setting would otherwise be ignored, or make the models' data differ
+        raise UserError(f"{CONFIG}: models.{arch} may set only {', '.join(OWN_SETTINGS)}, not {', '.join(wrong)}")
+    return {**cfg, **own}
 
 
 @dataclass
@@ -130,11 +144,10 @@ def batch_plan(data: DemoData, cfg: dict, image_size: int, dropped: torch.Tensor
             yield Step(idx[keep], captions, noise[keep])
 
 
-def train_demo_model(model: torch.nn.Module, preprocess, tokenizer, data_root: str,
+def train_demo_model(model: torch.nn.Module, preprocess, tokenizer, data_root: str, cfg: dict,
                      left_out: Sequence[tuple[str, str]] = ()) -> dict:
-    """Train `model` in place on the demo datasets, without the images of the `left_out`
-    (dataset, classname) pairs; returns a small record of the run."""
-    cfg = demo_config()
+    """Train `model` in place on the demo datasets with recipe `cfg` (demo_config), without the images of
+    the `left_out` (dataset, classname) pairs; returns a small record of the run."""
     seed_everything(cfg["seed"])
     # CPU float sums depend on the thread count: fix it, so every machine trains the same model
     threads = torch.get_num_threads()

@@ -33,7 +33,8 @@ ALIASES = {
 }
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 DEMO = "demo"
-MODEL_CONFIGS = REPO / "configs" / "models"
+MODEL_CONFIGS = REPO / "configs" / "models"  # the demo CLIPs' open_clip configs, one file each
+DEMO_MODELS = tuple(sorted(p.stem for p in MODEL_CONFIGS.glob("*.json")))  # demo (ResNet), demo-vit (ViT)
 ARCH_CONFIGS = REPO / "configs" / "archs"
 open_clip.add_model_config(MODEL_CONFIGS)
 
@@ -114,17 +115,17 @@ def default_pretrained(arch: str) -> str:
             return str(weights_file(name))
         except (OSError, ValueError) as e:  # the hub's errors (not cached offline, no such file) are OSErrors
             raise UserError(describe_missing(name, e)) from None
-    return "demo" if name == DEMO else "openai"
+    return "demo" if name in DEMO_MODELS else "openai"
 
 
 def check_pretrained(arch: str, pretrained: str) -> list[str]:
     """Problems with a --pretrained value, found without building anything: a tag of the model (a
-    known tag wins over a file of the same name), 'none', a checkpoint file, or for the demo 'demo'."""
+    known tag wins over a file of the same name), 'none', a checkpoint file, or for a demo CLIP 'demo'."""
     name = resolve_arch(arch)
     if is_hub_name(name):  # default_pretrained checks that the folder or repo holds an open_clip model
         return [] if pretrained == default_pretrained(name) else \
             [f"--pretrained is not used with {name}: its weights come with it"]
-    if pretrained == "none" or (pretrained == "demo" and name == DEMO):
+    if pretrained == "none" or (pretrained == "demo" and name in DEMO_MODELS):
         return []
     tags = open_clip.list_pretrained_tags_by_model(name)
     path = Path(pretrained)
@@ -150,7 +151,8 @@ def check_model(arch: str, pretrained: str | None) -> tuple[str | None, list[str
 def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
                data_root: str | None = None) -> LoadedModel:
     """Build `arch` with `pretrained` weights ('openai', another open_clip tag, 'none' for random
-    weights, a checkpoint file, or for `demo` the cached demo weights) on `device`."""
+    weights, a checkpoint file, or for a demo CLIP (DEMO_MODELS) 'demo', its cached trained weights) on
+    `device`."""
     name = resolve_arch(arch)
     pretrained = pretrained or default_pretrained(arch)
     problems = check_pretrained(arch, pretrained)
@@ -178,8 +180,8 @@ def load_model(arch: str, pretrained: str | None = None, device: str = "cpu",
     tokenizer = open_clip.get_tokenizer(name)
     if is_file:
         apply_state(model, None, pretrained)
-    elif name == DEMO and pretrained == "demo":
-        model.load_state_dict(_demo_weights(model, preprocess, tokenizer, data_root or default_data_root()))
+    elif name in DEMO_MODELS and pretrained == "demo":
+        model.load_state_dict(_demo_weights(name, model, preprocess, tokenizer, data_root or default_data_root()))
     model = model.float().to(device).eval()
     return LoadedModel(model, preprocess, tokenizer, name, arch_tag(name), pretrained)
 
@@ -327,52 +329,58 @@ def batchnorm_parameters(model: torch.nn.Module) -> set[int]:
             for p in m.parameters()}
 
 
-def _demo_key() -> str:
-    """Cache key of the demo weights: changes when the model, data or training recipe changes."""
-    h = hashlib.sha1()
-    for f in [MODEL_CONFIGS / "demo.json", REPO / "configs" / "demo_world.yaml", REPO / "demo_world.py",
+def _demo_key(arch: str) -> str:
+    """Cache key of a demo CLIP's weights: changes when its model config, the data or the training recipe
+    changes."""
+    from demo_world import demo_config
+    h = hashlib.sha1(json.dumps(demo_config(arch), sort_keys=True).encode())  # its recipe, not the others' entries
+    for f in [MODEL_CONFIGS / f"{arch}.json", REPO / "demo_world.py",
               REPO / "configs" / "datasets" / "Digits.yaml", REPO / "configs" / "datasets" / "Shapes.yaml",
               REPO / "datasets" / "digits.py", REPO / "datasets" / "shapes.py"]:
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
-def demo_weights_path(left_out: Sequence[tuple[str, str]] = ()) -> Path:
-    """Where the demo weights are cached; with `left_out`, those of the oracle without those classes."""
+def demo_weights_path(left_out: Sequence[tuple[str, str]] = (), arch: str = DEMO) -> Path:
+    """Where a demo CLIP's weights are cached; with `left_out`, those of its oracle without those classes."""
     if not left_out:
-        return cache_dir() / "demo" / f"demo-{_demo_key()}.pt"
+        return cache_dir() / "demo" / f"{arch}-{_demo_key(arch)}.pt"
     key = hashlib.sha1(json.dumps(sorted({tuple(p) for p in left_out})).encode()).hexdigest()[:12]
-    return cache_dir() / "demo" / f"oracle-{_demo_key()}-{key}.pt"
+    return cache_dir() / "demo" / f"oracle-{_demo_key(arch)}-{key}.pt"  # the model's key tells the models apart
 
 
-def _demo_weights(model, preprocess, tokenizer, data_root: str, left_out: Sequence[tuple[str, str]] = ()) -> dict:
-    """The demo CLIP's (or an oracle's) weights: trained once on CPU (deterministic), then read from the cache."""
-    path = demo_weights_path(left_out)
+def _demo_weights(arch: str, model, preprocess, tokenizer, data_root: str,
+                  left_out: Sequence[tuple[str, str]] = ()) -> dict:
+    """A demo CLIP's (or an oracle's) weights: trained once on CPU (deterministic), then read from the cache."""
+    path = demo_weights_path(left_out, arch)
     with locked(path):  # processes that start at once (sweep jobs, test workers) train it once
         if not path.is_file():
-            from demo_world import train_demo_model
-            what = f"the demo CLIP without {sorted(map(tuple, left_out))}" if left_out else "the demo CLIP"
+            from demo_world import demo_config, train_demo_model
+            what = f"the demo CLIP {arch}" + (f" without {sorted(map(tuple, left_out))}" if left_out else "")
             print(f"training {what} once (cached at {path}) ...")
-            record = train_demo_model(model, preprocess, tokenizer, data_root, left_out)
+            record = train_demo_model(model, preprocess, tokenizer, data_root, demo_config(arch), left_out)
             print(f"{what} trained in {record['seconds']} s")
             atomic_torch_save(path, model.state_dict())
-            atomic_write_json(path.with_suffix(".json"), record)  # what the file is, for people
+            atomic_write_json(path.with_suffix(".json"), {"model": arch, **record})  # what the file is, for people
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_demo_oracle(left_out: Sequence[tuple[str, str]], device: str = "cpu",
-                     data_root: str | None = None) -> LoadedModel:
-    """The oracle of unlearning: the demo CLIP retrained without the images of the `left_out`
+                     data_root: str | None = None, arch: str = DEMO) -> LoadedModel:
+    """The oracle of unlearning: demo CLIP `arch` retrained without the images of the `left_out`
     (dataset, classname) pairs (same seed, captions and schedule: demo_world.py), trained on
     first use and cached. Its `pretrained` is the cached file, so its baselines and results are
     keyed apart from the demo CLIP's."""
     from demo_world import demo_data, left_out_problems
+    name = resolve_arch(arch)
+    if name not in DEMO_MODELS:
+        raise UserError(f"the oracle retrains a demo CLIP ({', '.join(DEMO_MODELS)}), not '{arch}'")
     data_root = data_root or default_data_root()
     left_out = sorted({tuple(p) for p in left_out}) if not isinstance(left_out, str) else [left_out]
     problems = left_out_problems(demo_data(data_root).classes, left_out)
     check_all(problems or ([] if left_out else ["the oracle needs at least one (dataset, classname) to leave out"]))
-    lm = load_model(DEMO, "none", "cpu")
-    lm.model.load_state_dict(_demo_weights(lm.model, lm.preprocess, lm.tokenizer, data_root, left_out))
+    lm = load_model(name, "none", "cpu")
+    lm.model.load_state_dict(_demo_weights(name, lm.model, lm.preprocess, lm.tokenizer, data_root, left_out))
     lm.model = lm.model.to(device).eval()
-    lm.pretrained = str(demo_weights_path(left_out))
+    lm.pretrained = str(demo_weights_path(left_out, name))
     return lm

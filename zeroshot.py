@@ -125,8 +125,8 @@ def model_key(tag: str, pretrained: str) -> str | None:
     (nothing worth caching)."""
     if pretrained == "none":
         return None
-    if pretrained == "demo":
-        return demo_weights_path().stem
+    if pretrained == "demo":  # a demo CLIP's tag is its config's name
+        return demo_weights_path(arch=tag).stem
     p = Path(pretrained)
     if p.is_file():
         return f"{tag}-{hashlib.sha1(p.read_bytes()).hexdigest()[:12]}"

@@ -22,9 +22,9 @@ ORACLE_LEFT_OUT = [("Shapes", "red star")]
 
 # The test files that take longest, run first: with two workers (make test: pytest -n 2 --dist loadfile
 # --no-loadscope-reorder) a file stays on one worker, so the longest one started last would leave the other
-# worker idle at the end (test_sweep.py alone takes about 5 minutes)
-LONGEST_FIRST = ("test_sweep.py", "test_protocols.py", "test_audit.py", "test_reliability.py", "test_scale.py",
-                 "test_results.py", "test_datagen.py", "test_oracle.py")
+# worker idle at the end (test_sweep.py alone takes about 5 minutes; test_demo_vit.py trains demo-vit)
+LONGEST_FIRST = ("test_sweep.py", "test_demo_vit.py", "test_protocols.py", "test_audit.py", "test_reliability.py",
+                 "test_scale.py", "test_results.py", "test_datagen.py", "test_oracle.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
@@ -51,6 +51,13 @@ def demo(data_root):
     """The trained demo CLIP (trained on first use, then read from the cache)."""
     from models import load_model
     return load_model("demo", device="cpu", data_root=data_root)
+
+
+@pytest.fixture(scope="session")
+def demo_vit(data_root):
+    """The trained demo CLIP with a ViT image tower (trained on first use, then read from the cache)."""
+    from models import load_model
+    return load_model("demo-vit", device="cpu", data_root=data_root)
 
 
 @pytest.fixture(scope="session")
