@@ -39,17 +39,17 @@ from synthetic import clip_norm
 CONFIG = REPO / "configs" / "demo_world.yaml"
 
 
-# what a model's own entry of demo_world.yaml `models` may change: how it is optimised, never what it learns from
+# what a model's own entry of demo_world.yaml `per_model` may change: how it is optimised, never what it learns from
 OWN_SETTINGS = ("epochs", "lr", "weight_decay")
 
 
 def demo_config(arch: str = "demo") -> dict:
     """The training recipe of demo CLIP `arch`: configs/demo_world.yaml, its model's own entry over the rest."""
     cfg = yaml.safe_load(CONFIG.read_text())
-    own = (cfg.pop("models", None) or {}).get(arch) or {}
+    own = (cfg.pop("per_model", None) or {}).get(arch) or {}
     wrong = sorted(set(own) - set(OWN_SETTINGS))
     if wrong:  # a misspelt or a data setting would otherwise be ignored, or make the models' data differ
-        raise UserError(f"{CONFIG}: models.{arch} may set only {', '.join(OWN_SETTINGS)}, not {', '.join(wrong)}")
+        raise UserError(f"{CONFIG}: per_model.{arch} may set only {', '.join(OWN_SETTINGS)}, not {', '.join(wrong)}")
     return {**cfg, **own}
 
 

@@ -52,11 +52,11 @@ def test_a_models_own_recipe_entry_may_change_only_its_optimisation(tmp_path, mo
     import demo_world
     from common import UserError
     cfg = yaml.safe_load(demo_world.CONFIG.read_text())
-    cfg["models"] = {"demo-vit": {"epochs": 2, "noise": 0.0}}
+    cfg["per_model"] = {"demo-vit": {"epochs": 2, "noise": 0.0}}
     path = tmp_path / "demo_world.yaml"
     path.write_text(yaml.safe_dump(cfg))
     monkeypatch.setattr(demo_world, "CONFIG", path)
-    with pytest.raises(UserError, match=r"models.demo-vit may set only epochs, lr, weight_decay, not noise"):
+    with pytest.raises(UserError, match=r"per_model.demo-vit may set only epochs, lr, weight_decay, not noise"):
         demo_world.demo_config("demo-vit")
     assert demo_world.demo_config("demo")["noise"] == cfg["noise"]  # another model's entry is not read
 
