@@ -75,10 +75,14 @@ def check(cfg: Config) -> list[str]:
         not_positive(cfg, "lora_alpha", "lr")
 
 
-def lora_targets(model: torch.nn.Module, blocks: int) -> list[str]:
-    """Module names of the MLP linears of the last `blocks` text blocks."""
+def lora_targets(model: torch.nn.Module, blocks: int) -> str:
+    """A regular expression that matches the full names of the MLP linears of the last `blocks` text blocks.
+
+    A string, not a list: peft matches a list's names as suffixes, so `transformer.resblocks.1.mlp.c_fc` would
+    also take `visual.transformer.resblocks.1.mlp.c_fc` of a ViT image tower; a string must match the whole name."""
     n = len(model.transformer.resblocks)
-    return [f"transformer.resblocks.{i}.mlp.{m}" for i in range(max(0, n - blocks), n) for m in ("c_fc", "c_proj")]
+    last = "|".join(str(i) for i in range(max(0, n - blocks), n))
+    return rf"transformer\.resblocks\.({last})\.mlp\.(c_fc|c_proj)"
 
 
 class Adapted:
