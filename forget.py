@@ -161,7 +161,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="context templates: simple (a photo of a {}. and open_clip's 7), openai (its 80), or "
                         "';'-separated '{}' strings, the first the zero-shot one (default: simple)")
     p.add_argument("--method", default="improved", choices=methods.CHOICES,
-                   help="a method that needs no image: improved (= textspace), textspace, projedit")
+                   help="a method that needs no image: improved (= textspace --adapt blocks+proj --margin 50), "
+                        "textspace, projedit")
     p.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must not exist, or be empty)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice (default: 0)")

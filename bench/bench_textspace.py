@@ -1,4 +1,4 @@
-"""Benchmark: textspace (--method improved) on cached projection inputs vs the whole text tower per step.
+"""Benchmark: textspace --adapt proj (its default) on cached projection inputs vs the whole text tower per step.
 
 With `--adapt proj` only the text projection trains, so the features entering it are fixed: ours
 computes them once and a step is a matrix product; the naive path (textspace.unlearn(cache=False))
