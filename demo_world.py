@@ -11,7 +11,9 @@ named by its name or, in a share of the captions, by one of its aliases, written
 dataset's templates (configs/datasets: ensemble_templates, aliases), drawn at random. So the text
 tower learns every name and alias, and the image tower learns to match them. Each training image
 gets Gaussian noise of a random strength (configs/demo_world.yaml: noise), which makes images
-synthesised from noise by this model carry more of their class (bench/transfer_demo.py).
+synthesised from noise by this model carry more of their class (bench/transfer_demo.py). A model's
+own entry may add random shifts (`shift`): demo-vit's ViT tower needs them to learn the shapes
+(docs/methods.md, "On demo-vit"); demo's convolutions see a shifted shape as the same shape already.
 
 The oracle of unlearning (models.load_demo_oracle) is the same training without the images of
 some classes: `batch_plan` draws every batch, caption and augmentation over the full training
@@ -39,8 +41,9 @@ from synthetic import clip_norm
 CONFIG = REPO / "configs" / "demo_world.yaml"
 
 
-# what a model's own entry of demo_world.yaml `per_model` may change: how it is optimised, never what it learns from
-OWN_SETTINGS = ("epochs", "lr", "weight_decay")
+# what a model's own entry of demo_world.yaml `per_model` may change: how it is optimised and how much its images
+# are shifted, never the images, captions, noise or seed it learns from
+OWN_SETTINGS = ("epochs", "lr", "weight_decay", "batch_size", "shift")
 
 
 def demo_config(arch: str = "demo") -> dict:
@@ -118,6 +121,7 @@ class Step:
     idx: torch.Tensor  # the step's training images (indices into DemoData.items)
     captions: torch.Tensor  # (classes,) the caption of each class (indices into DemoData.captions)
     noise: torch.Tensor  # (len(idx), 3, H, W) pixel noise added to each image (augmentation)
+    shift: torch.Tensor | None = None  # (len(idx), 2) each image's (down, right) shift in pixels; None: no shifts
 
 
 def n_steps(data: DemoData, cfg: dict) -> int:
@@ -140,8 +144,19 @@ def batch_plan(data: DemoData, cfg: dict, image_size: int, dropped: torch.Tensor
             # each image gets noise of its own strength, from none to cfg["noise"]
             noise = torch.randn(b, 3, image_size, image_size, generator=g) \
                 * (cfg["noise"] * torch.rand(b, 1, 1, 1, generator=g))
+            # drawn only where a model shifts its images, so that a model without shifts keeps its random stream
+            shift = torch.randint(-cfg["shift"], cfg["shift"] + 1, (b, 2), generator=g) if cfg["shift"] else None
             keep = torch.ones(b, dtype=torch.bool) if dropped is None else ~dropped[idx]
-            yield Step(idx[keep], captions, noise[keep])
+            yield Step(idx[keep], captions, noise[keep], None if shift is None else shift[keep])
+
+
+def shifted(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Each image of `x` (N, C, H, W) moved by its (down, right) pixels of `shift` (N, 2), its edge pixels
+    repeated into the space it leaves (the demo images' backgrounds are plain)."""
+    m = int(shift.abs().max())
+    padded = F.pad(x, (m,) * 4, mode="replicate")
+    h, w = x.shape[-2:]
+    return torch.stack([p[:, m - dy:m - dy + h, m - dx:m - dx + w] for p, (dy, dx) in zip(padded, shift.tolist())])
 
 
 def train_demo_model(model: torch.nn.Module, preprocess, tokenizer, data_root: str, cfg: dict,
@@ -175,7 +190,8 @@ def _train(model: torch.nn.Module, preprocess, tokenizer, data_root: str, cfg: d
     bar = tqdm(batch_plan(data, cfg, x.shape[-1], dropped), total=steps, desc=desc, unit="step")
     for step in bar:
         if len(step.idx):  # an oracle's step can lose all its images: the schedule still moves on
-            img_f = F.normalize(model.encode_image(x[step.idx] + step.noise / std), dim=-1)  # std: pixels -> model input
+            images = x[step.idx] if step.shift is None else shifted(x[step.idx], step.shift)
+            img_f = F.normalize(model.encode_image(images + step.noise / std), dim=-1)  # std: pixels -> model input
             txt_f = F.normalize(model.encode_text(tokens[step.captions]), dim=-1)
             loss = F.cross_entropy(model.logit_scale.exp() * img_f @ txt_f.T, data.labels[step.idx])
             opt.zero_grad(set_to_none=True)

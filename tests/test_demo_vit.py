@@ -38,7 +38,7 @@ def test_demo_vit_is_a_second_demo_clip_with_its_own_cache_keys():
     vit, rn = open_clip.get_model_config("demo-vit"), open_clip.get_model_config("demo")
     assert vit["text_cfg"] == rn["text_cfg"] and vit["embed_dim"] == rn["embed_dim"]
     assert isinstance(vit["vision_cfg"]["layers"], int) and isinstance(rn["vision_cfg"]["layers"], list)
-    # the same data, captions, augmentation and seed: only how it is optimised may differ
+    # the same data, captions, noise and seed: only how it is optimised and shifted may differ
     recipe = {k: v for k, v in demo_config("demo").items() if k not in OWN_SETTINGS}
     assert {k: demo_config("demo-vit")[k] for k in recipe} == recipe
     pair = ("Digits", DIGIT)
@@ -56,7 +56,8 @@ def test_a_models_own_recipe_entry_may_change_only_its_optimisation(tmp_path, mo
     path = tmp_path / "demo_world.yaml"
     path.write_text(yaml.safe_dump(cfg))
     monkeypatch.setattr(demo_world, "CONFIG", path)
-    with pytest.raises(UserError, match=r"per_model.demo-vit may set only epochs, lr, weight_decay, not noise"):
+    with pytest.raises(UserError, match=r"per_model.demo-vit may set only epochs, lr, weight_decay, batch_size, "
+                                        r"shift, not noise"):
         demo_world.demo_config("demo-vit")
     assert demo_world.demo_config("demo")["noise"] == cfg["noise"]  # another model's entry is not read
 
@@ -96,9 +97,7 @@ def test_demo_vit_oracle_is_demo_vits_training_without_the_class(data_root, tmp_
     assert record["images"] == len(data.items) - int(demo_world.left_out_mask(data, [pair]).sum())
 
 
-@pytest.mark.parametrize("ds_name", ["Digits", pytest.param("Shapes", marks=pytest.mark.xfail(
-    strict=True, reason="known miss (docs/methods.md): demo-vit tells Shapes' shapes apart by how much of the "
-                        "image they fill, 0.65 by name; the colours it gets right"))])
+@pytest.mark.parametrize("ds_name", ["Digits", "Shapes"])
 def test_demo_vit_zero_shot_accuracy_by_name_and_alias(ds_name, demo_vit, data_root):
     """The demo's bar (test_foundation.py), on demo-vit."""
     from conftest import zero_shot_bar

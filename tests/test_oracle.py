@@ -10,9 +10,12 @@ from conftest import ORACLE_LEFT_OUT
 LEFT_OUT = ORACLE_LEFT_OUT  # red star: a class whose words other classes share
 
 
-def test_oracle_trains_on_the_same_batches_minus_the_left_out_images(data_root):
+@pytest.mark.parametrize("arch", ["demo", "demo-vit"])
+def test_oracle_trains_on_the_same_batches_minus_the_left_out_images(arch, data_root):
+    """demo-vit's plan also shifts its images (configs/demo_world.yaml): the oracle's shifts are its own images'."""
     from demo_world import batch_plan, demo_config, demo_data, left_out_mask, n_steps
-    data, cfg = demo_data(data_root), demo_config()
+    cfg = {**demo_config(arch), "epochs": min(demo_config(arch)["epochs"], 30)}
+    data = demo_data(data_root, cfg)
     dropped = left_out_mask(data, LEFT_OUT)
     gone = data.classes.index(LEFT_OUT[0])
     assert dropped.sum() == (data.labels == gone).sum() > 0
@@ -22,12 +25,24 @@ def test_oracle_trains_on_the_same_batches_minus_the_left_out_images(data_root):
         assert torch.equal(oracle.idx, full.idx[keep])
         assert torch.equal(oracle.captions, full.captions)  # the left-out class keeps its captions
         assert torch.equal(oracle.noise, full.noise[keep])
+        assert (full.shift is None) == (cfg["shift"] == 0)  # a model without shifts draws none
+        assert full.shift is None or torch.equal(oracle.shift, full.shift[keep])
         seen.index_add_(0, oracle.idx, torch.ones(len(oracle.idx), dtype=torch.long))
         seen_full += int((data.labels[full.idx] == gone).sum())
         steps += 1
     assert steps == n_steps(data, cfg)
     assert seen_full > 0 and seen[data.labels == gone].sum() == 0  # the demo CLIP sees the class, the oracle never
     assert (seen[~dropped] > 0).all()  # and the oracle sees every other training image
+
+
+def test_a_shift_moves_each_image_by_its_own_pixels_and_repeats_the_edge():
+    from demo_world import shifted
+    x = torch.arange(2 * 16, dtype=torch.float).view(2, 1, 4, 4)
+    out = shifted(x, torch.tensor([[1, -2], [0, 0]]))
+    assert torch.equal(out[1], x[1])
+    assert torch.equal(out[0, 0, 1:, :2], x[0, 0, :3, 2:])  # one down, two left
+    assert torch.equal(out[0, 0, 0, :2], x[0, 0, 0, 2:])  # the top row repeats the first row
+    assert torch.equal(out[0, 0, 1:, 2:], x[0, 0, :3, 3:].expand(3, 2))  # the right columns repeat the last column
 
 
 def test_oracle_cache_key_is_the_left_out_set():
