@@ -48,7 +48,7 @@ def test_demo_vit_is_a_second_demo_clip_with_its_own_cache_keys():
     assert run_model_key("demo-vit", None, 0) != run_model_key("demo", None, 0)
 
 
-def test_a_models_own_recipe_entry_may_change_only_its_optimisation(tmp_path, monkeypatch):
+def test_a_models_own_recipe_entry_may_change_only_its_optimisation_and_shifts(tmp_path, monkeypatch):
     import demo_world
     from common import UserError
     cfg = yaml.safe_load(demo_world.CONFIG.read_text())
